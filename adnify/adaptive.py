@@ -1,0 +1,210 @@
+"""The adaptive depth network: one model, ``2**N`` sub-networks, switched by flag flips."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from typing import Any, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from .plan import Plan, all_patterns, format_pattern, parse_pattern
+from .skipping import SkipAwareNorm, SkippableBlock, make_skip_aware, make_skippable, restore
+
+Pattern = str | Sequence[bool]
+
+
+class AdaptiveNet(nn.Module):
+    """A model whose stages can drop their skippable sub-paths at run time.
+
+    Build one with :func:`adnify.convert` or :func:`adnify.load`. In the super-net
+    configuration (the default, ``"F" * N``) it computes exactly what the original model
+    computed. ``T`` in a pattern skips that stage's skippable blocks (they are not executed)
+    and switches the stage's mandatory norms to their skip-aware twins.
+
+    Attributes:
+        model: the wrapped model, converted in place (parameter names unchanged).
+        plan: the :class:`~adnify.plan.Plan` that was applied.
+        source: how to rebuild the model, e.g. ``{"model": "resnet50", "kwargs": {...}}``.
+        stage_outputs: ``h^s`` of every adaptive stage from the last forward pass.
+    """
+
+    def __init__(self, model: nn.Module, plan: Plan, *, source: dict[str, Any] | None = None,
+                 shared_norms: bool = False) -> None:
+        super().__init__()
+        self.model = model
+        self.plan = plan
+        self.source = dict(source or {})
+        self.shared_norms = shared_norms
+        self.stage_outputs: list[torch.Tensor | None] = [None] * plan.num_stages
+        modules = dict(model.named_modules())
+        missing = [n for s in plan.stages for n in s.mandatory + s.skippable + s.norms if n not in modules]
+        if missing:
+            raise ValueError(f"the plan names modules the model does not have: {missing[:5]}")
+        self._skippable: list[list[nn.Module]] = []
+        self._norms: list[list[nn.Module]] = []
+        for i, stage in enumerate(plan.stages):
+            blocks = [modules[n] for n in stage.skippable]
+            for b in blocks:
+                make_skippable(b)
+            blocks[-1].adnify_sink = self.stage_outputs
+            blocks[-1].adnify_stage = i
+            norms = [] if shared_norms else [modules[n] for n in stage.norms]
+            for norm in norms:
+                make_skip_aware(norm)
+            self._skippable.append(blocks)
+            self._norms.append(norms)
+        self._pattern: tuple[bool, ...] = (False,) * plan.num_stages
+
+    # --- sub-network selection ---------------------------------------------------------------
+
+    @property
+    def num_stages(self) -> int:
+        """Number of adaptive stages ``N``."""
+        return self.plan.num_stages
+
+    @property
+    def pattern(self) -> str:
+        """The current sub-network as a pattern string."""
+        return format_pattern(self._pattern)
+
+    def patterns(self) -> list[str]:
+        """All ``2**N`` patterns, super-net first, base-net last."""
+        return all_patterns(self.num_stages)
+
+    def set_subnet(self, pattern: Pattern) -> None:
+        """Select a sub-network until the next call (``"TFFF"``, ``"super"``, ``"base"``, bools)."""
+        flags = parse_pattern(pattern, self.num_stages)
+        if flags == self._pattern:
+            return
+        for skip, blocks, norms in zip(flags, self._skippable, self._norms):
+            for b in blocks:
+                b.adnify_skip = skip
+            for n in norms:
+                n.adnify_skipped = skip
+        self._pattern = flags
+
+    @contextlib.contextmanager
+    def subnet(self, pattern: Pattern) -> Iterator["AdaptiveNet"]:
+        """Select a sub-network inside a ``with`` block only."""
+        previous = self._pattern
+        self.set_subnet(pattern)
+        try:
+            yield self
+        finally:
+            self.set_subnet(previous)
+
+    # --- running -------------------------------------------------------------------------------
+
+    def forward(self, x: torch.Tensor, skip: Pattern | None = None, return_stages: bool = False) -> Any:
+        """Run the current sub-network, or ``skip`` for this call only.
+
+        With ``return_stages=True`` returns ``(output, stage_outputs)``, the form to use
+        under DDP, where everything a loss needs must come out of one forward call.
+        """
+        if skip is None:
+            out = self.model(x)
+        else:
+            with self.subnet(skip):
+                out = self.model(x)
+        return (out, list(self.stage_outputs)) if return_stages else out
+
+    # --- files and static sub-networks -----------------------------------------------------------
+
+    def save(self, directory: str, *, force: bool = False, extra: dict[str, Any] | None = None) -> None:
+        """Write ``model.safetensors`` and ``adnify.json`` (plan, source, version) atomically."""
+        from .storage import save
+
+        save(self, directory, force=force, extra=extra)
+
+    def export(self, pattern: Pattern) -> nn.Module:
+        """A plain module computing sub-network ``pattern``: skipped blocks removed, norms resolved."""
+        return export_static(self, pattern)
+
+    def block_names(self, pattern: Pattern) -> list[str]:
+        """Qualified names of the blocks ``pattern`` skips."""
+        flags = parse_pattern(pattern, self.num_stages)
+        return [n for skip, s in zip(flags, self.plan.stages) if skip for n in s.skippable]
+
+    def extra_repr(self) -> str:
+        return f"stages={self.num_stages}, pattern={self.pattern}"
+
+    def __deepcopy__(self, memo: dict) -> "AdaptiveNet":
+        # Rebuild the wiring (sink list, module lists) so the copy never touches the original.
+        model = restore_copy(self.model)
+        clone = AdaptiveNet(model, copy.deepcopy(self.plan), source=copy.deepcopy(self.source),
+                            shared_norms=self.shared_norms)
+        clone._copy_twins_from(self)
+        clone.set_subnet(self._pattern)
+        clone.train(self.training)
+        return clone
+
+    def _copy_twins_from(self, other: "AdaptiveNet") -> None:
+        for mine, theirs in zip(self._norms, other._norms):
+            for a, b in zip(mine, theirs):
+                a.skip_copy.load_state_dict(b.skip_copy.state_dict())
+
+
+_FLAGS = ("adnify_skip", "adnify_sink", "adnify_stage", "adnify_skipped")
+
+
+class _PassThrough(nn.Module):
+    """Stands where a skipped block was: returns its first input (extra arguments ignored)."""
+
+    def forward(self, x: Any, *args: Any, **kwargs: Any) -> Any:
+        return x
+
+
+def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, new)
+
+
+def restore_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of a converted model with every module back in its original class.
+
+    The twins and the run-time flags stay behind; callers that need twins copy them.
+    """
+    stashed: list[tuple[nn.Module, type, dict[str, Any], nn.Module | None]] = []
+    for mod in model.modules():
+        if isinstance(mod, (SkippableBlock, SkipAwareNorm)):
+            flags = {k: mod.__dict__.pop(k) for k in _FLAGS if k in mod.__dict__}
+            twin = mod._modules.pop("skip_copy", None)
+            stashed.append((mod, type(mod), flags, twin))
+            mod.__class__ = type(mod).adnify_base
+    try:
+        return copy.deepcopy(model)
+    finally:
+        for mod, cls, flags, twin in stashed:
+            mod.__class__ = cls
+            mod.__dict__.update(flags)
+            if twin is not None:
+                mod._modules["skip_copy"] = twin
+
+
+def export_static(net: AdaptiveNet, pattern: Pattern) -> nn.Module:
+    """See :meth:`AdaptiveNet.export`."""
+    flags = parse_pattern(pattern, net.num_stages)
+    static = restore_copy(net.model)
+    modules = dict(net.model.named_modules())
+    for skip, stage in zip(flags, net.plan.stages):
+        if skip:
+            for name in stage.skippable:
+                _set_submodule(static, name, _PassThrough())
+        if net.shared_norms:
+            continue
+        for name in stage.norms:
+            norm = modules[name]
+            _set_submodule(static, name, copy.deepcopy(norm.skip_copy) if skip else _without_twin(norm))
+    static.train(net.training)
+    return static
+
+
+def _without_twin(norm: nn.Module) -> nn.Module:
+    """A plain copy of copy A of a norm pair."""
+    return restore_copy(norm)
+
+
+__all__ = ["AdaptiveNet", "export_static", "restore_copy", "restore"]

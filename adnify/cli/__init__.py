@@ -1,0 +1,42 @@
+"""The ``adnify`` command line: a thin layer over the Python API."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from ..errors import AdnifyError
+from . import convert as _convert
+
+app = typer.Typer(
+    name="adnify",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="Turn timm models into adaptive depth networks: one network, 2^N depths, switched at run time.",
+)
+_convert.register(app)
+
+for _name in ("train", "report"):  # commands added by later modules, when present
+    try:
+        __import__(f"{__name__}.{_name}", fromlist=["register"]).register(app)
+    except ModuleNotFoundError as e:
+        if e.name != f"{__name__}.{_name}":
+            raise
+
+
+def main() -> None:
+    """Console-script entry point: user errors become one red line on stderr and exit code 1."""
+    try:
+        app()
+    except (AdnifyError, FileExistsError, PermissionError) as e:
+        if os.environ.get("ADNIFY_DEBUG"):
+            raise
+        from rich.console import Console
+
+        Console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,232 @@
+"""Skip-aware self-distillation loss (Algorithm 1 of the ADN paper, see docs/method.md).
+
+With ``alpha = 0.5`` and ``T = 1``::
+
+    loss = alpha * CE(y_super, y)
+         + (1 - alpha) * (w_f * sum_s KL(h_super^s || h_base^s) + KL(y_super || y_base))
+
+The super-net (teacher) side of every KL term is detached, so the super-net learns only from the
+labels (or, label-free, from an external teacher) and the base-net from the super-net.
+:func:`adn_loss` computes everything at once (the *joint* order); :func:`super_loss` and
+:func:`base_loss` are its two halves for the *sequential* order, and ``adn_loss == super_loss +
+base_loss``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["LossParts", "adn_loss", "base_loss", "channel_kl", "super_loss"]
+
+Criterion = Callable[[Tensor, Tensor], Tensor]
+
+
+def channel_kl(student: Tensor, teacher: Tensor, *, channel_dim: int, temperature: float = 1.0) -> Tensor:
+    """``KL(softmax(teacher / T) || softmax(student / T)) * T^2`` over the channel dimension.
+
+    The KL divergence is summed over ``channel_dim`` at each position (pixel, token, or the single
+    position of a ``(B, C)`` logit tensor), then averaged over all remaining positions and the batch,
+    so the value does not grow with the resolution or the number of tokens. The teacher is detached.
+    Computed in float32 so that mixed precision does not underflow the softmax.
+
+    Args:
+        student: tensor that receives the gradient.
+        teacher: target distribution, same shape as ``student``.
+        channel_dim: 1 for NCHW maps, -1 for ``(B, N, C)`` tokens, NHWC maps and ``(B, C)`` logits.
+        temperature: softmax temperature ``T``; the ``T^2`` factor keeps gradient scales comparable.
+    """
+    if student.shape != teacher.shape:
+        raise ValueError(
+            f"channel_kl needs tensors of one shape, got student {tuple(student.shape)} "
+            f"and teacher {tuple(teacher.shape)}"
+        )
+    t = float(temperature)
+    log_student = F.log_softmax(student.float() / t, dim=channel_dim)
+    log_teacher = F.log_softmax(teacher.detach().float() / t, dim=channel_dim)
+    # kl_div(input=log q, target=log p, log_target=True) = p * (log p - log q), elementwise.
+    kl = F.kl_div(log_student, log_teacher, reduction="none", log_target=True).sum(dim=channel_dim)
+    return kl.mean() * (t * t)
+
+
+@dataclass
+class LossParts:
+    """The loss to back-propagate and its unweighted parts (detached) for logging.
+
+    Attributes:
+        total: the weighted loss; call ``backward()`` on it.
+        ce: the supervised term: ``CE(super, y)``, or ``KL(teacher || super)`` label-free;
+            with ``distill=False`` the mean of the super and base terms.
+        feature_kd: ``sum_s KL(h_super^s || h_base^s)`` (before ``kd_weight_features``); 0 when off.
+        logit_kd: ``KL(y_super || y_base)``; 0 when off.
+    """
+
+    total: Tensor
+    ce: Tensor
+    feature_kd: Tensor
+    logit_kd: Tensor
+
+    def as_floats(self) -> dict[str, float]:
+        """Python floats for a log line (synchronises with the device once per value)."""
+        return {
+            "loss": float(self.total.detach()),
+            "ce": float(self.ce),
+            "feature_kd": float(self.feature_kd),
+            "logit_kd": float(self.logit_kd),
+        }
+
+
+def _supervised(
+    logits: Tensor,
+    target: Tensor | None,
+    criterion: Criterion | None,
+    teacher_logits: Tensor | None,
+    temperature: float,
+) -> Tensor:
+    """CE against the labels, or, label-free, KL from the external teacher's logits."""
+    if teacher_logits is not None:
+        return channel_kl(logits, teacher_logits, channel_dim=-1, temperature=temperature)
+    if target is None:
+        raise ValueError("a target is needed when no teacher_logits are given (labels: none needs a teacher)")
+    # nn.CrossEntropyLoss accepts class indices (B,) and probabilities (B, C), i.e. mixup's soft targets.
+    criterion = criterion if criterion is not None else nn.CrossEntropyLoss()
+    return criterion(logits, target)
+
+
+def _distill_terms(
+    base_logits: Tensor,
+    base_feats: Sequence[Tensor],
+    super_logits: Tensor,
+    super_feats: Sequence[Tensor],
+    *,
+    channel_dims: Sequence[int] | int,
+    temperature: float,
+    feature_kd: bool,
+    logit_kd: bool,
+) -> tuple[Tensor, Tensor]:
+    """Unweighted ``(sum of feature KLs, logit KL)``; a disabled term is a zero tensor."""
+    if not (feature_kd or logit_kd):
+        raise ValueError("feature_kd and logit_kd are both off: use distill=False for the no-distillation ablation")
+    zero = base_logits.new_zeros((), dtype=torch.float32)
+    feat = zero
+    if feature_kd:
+        if len(super_feats) != len(base_feats):
+            raise ValueError(f"got {len(super_feats)} super-net features but {len(base_feats)} base-net features")
+        if not base_feats:
+            raise ValueError("feature_kd needs the stage outputs: got no features (set feature_kd=False)")
+        dims = [channel_dims] * len(base_feats) if isinstance(channel_dims, int) else list(channel_dims)
+        if len(dims) != len(base_feats):
+            raise ValueError(f"got {len(dims)} channel_dims for {len(base_feats)} features")
+        # Sum over stages, as in Algorithm 1 (not a mean): every stage is pulled equally hard.
+        feat = sum(
+            (channel_kl(b, s, channel_dim=d, temperature=temperature) for b, s, d in zip(base_feats, super_feats, dims)),
+            start=zero,
+        )
+    logit = channel_kl(base_logits, super_logits, channel_dim=-1, temperature=temperature) if logit_kd else zero
+    return feat, logit
+
+
+def super_loss(
+    super_logits: Tensor,
+    target: Tensor | None,
+    *,
+    alpha: float = 0.5,
+    criterion: Criterion | None = None,
+    teacher_logits: Tensor | None = None,
+    temperature: float = 1.0,
+    distill: bool = True,
+) -> Tensor:
+    """The super-net half of :func:`adn_loss`: ``alpha * CE(super, y)`` (``CE / 2`` without distillation).
+
+    For the sequential order: back-propagate it right after the super-net forward, then pass the
+    super-net outputs (they are detached inside) to :func:`base_loss`.
+    """
+    term = _supervised(super_logits, target, criterion, teacher_logits, temperature)
+    return term * (alpha if distill else 0.5)
+
+
+def base_loss(
+    base_logits: Tensor,
+    base_feats: Sequence[Tensor],
+    super_logits: Tensor,
+    super_feats: Sequence[Tensor],
+    target: Tensor | None,
+    *,
+    channel_dims: Sequence[int] | int,
+    alpha: float = 0.5,
+    temperature: float = 1.0,
+    feature_kd: bool = True,
+    logit_kd: bool = True,
+    distill: bool = True,
+    criterion: Criterion | None = None,
+    teacher_logits: Tensor | None = None,
+    kd_weight_features: float = 1.0,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The base-net half of :func:`adn_loss`.
+
+    Returns:
+        ``(weighted total, feature_kd, logit_kd)``; the last two unweighted and detached.
+        With ``distill=False`` the total is ``CE(base, y) / 2`` and both KD parts are 0.
+    """
+    if not distill:
+        zero = base_logits.new_zeros((), dtype=torch.float32)
+        return _supervised(base_logits, target, criterion, teacher_logits, temperature) * 0.5, zero, zero
+    feat, logit = _distill_terms(
+        base_logits, base_feats, super_logits, super_feats,
+        channel_dims=channel_dims, temperature=temperature, feature_kd=feature_kd, logit_kd=logit_kd,
+    )
+    total = (1.0 - alpha) * (kd_weight_features * feat + logit)
+    return total, feat.detach(), logit.detach()
+
+
+def adn_loss(
+    super_logits: Tensor,
+    base_logits: Tensor,
+    super_feats: Sequence[Tensor],
+    base_feats: Sequence[Tensor],
+    target: Tensor | None,
+    *,
+    channel_dims: Sequence[int] | int,
+    alpha: float = 0.5,
+    temperature: float = 1.0,
+    feature_kd: bool = True,
+    logit_kd: bool = True,
+    distill: bool = True,
+    teacher_logits: Tensor | None = None,
+    criterion: Criterion | None = None,
+    kd_weight_features: float = 1.0,
+) -> LossParts:
+    """Skip-aware self-distillation loss for one mini-batch (joint order).
+
+    Args:
+        super_logits, base_logits: ``(B, C)`` outputs of the super-net (FF..F) and base-net (TT..T).
+        super_feats, base_feats: stage outputs ``h^s`` of both passes, in stage order.
+        target: class indices ``(B,)`` or soft targets ``(B, C)`` (mixup); unused with ``teacher_logits``.
+        channel_dims: channel dimension of each feature (1 for NCHW, -1 for tokens); one int for all.
+        alpha: weight of the supervised term; the distillation terms get ``1 - alpha``.
+        temperature: softmax temperature of every KL term.
+        feature_kd: include the per-stage feature KLs (False: logit-only ablation).
+        logit_kd: include ``KL(y_super || y_base)``.
+        distill: False gives the no-self-distillation ablation ``(CE(super) + CE(base)) / 2``.
+        teacher_logits: label-free fine-tuning: ``KL(y_teacher || y_super)`` replaces ``CE(super, y)``.
+        criterion: ``criterion(logits, target)``, e.g. timm's ``SoftTargetCrossEntropy`` with mixup or
+            ``LabelSmoothingCrossEntropy``; default ``nn.CrossEntropyLoss()``.
+        kd_weight_features: weight of the summed feature KLs relative to the logit KL.
+    """
+    if not distill:
+        ce_super = _supervised(super_logits, target, criterion, teacher_logits, temperature)
+        ce_base = _supervised(base_logits, target, criterion, teacher_logits, temperature)
+        total = 0.5 * ce_super + 0.5 * ce_base
+        zero = total.new_zeros(())
+        return LossParts(total=total, ce=total.detach(), feature_kd=zero, logit_kd=zero)
+    ce = _supervised(super_logits, target, criterion, teacher_logits, temperature)
+    feat, logit = _distill_terms(
+        base_logits, base_feats, super_logits, super_feats,
+        channel_dims=channel_dims, temperature=temperature, feature_kd=feature_kd, logit_kd=logit_kd,
+    )
+    total = alpha * ce + (1.0 - alpha) * (kd_weight_features * feat + logit)
+    return LossParts(total=total, ce=ce.detach(), feature_kd=feat.detach(), logit_kd=logit.detach())

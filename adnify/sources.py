@@ -1,0 +1,26 @@
+"""What a command can start from: a saved adaptive model, a training run, or a timm name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .adaptive import AdaptiveNet
+from .errors import AdnifyError
+
+
+def is_model_dir(path: str | Path) -> bool:
+    """A directory written by ``AdaptiveNet.save`` or a training run holding one."""
+    p = Path(path)
+    return (p / "adnify.json").is_file() or (p / "final" / "adnify.json").is_file()
+
+
+def open_source(source: str, **convert_options: Any) -> AdaptiveNet:
+    """Load a saved model or run directory, or convert a timm model on the fly."""
+    from . import convert, load
+
+    if is_model_dir(source):
+        return load(source)
+    if Path(source).exists() or source.startswith((".", "/", "~")):
+        raise AdnifyError(f"{source} is neither an adnify model directory nor a training run (no adnify.json)")
+    return convert(source, **convert_options)
