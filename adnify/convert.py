@@ -33,6 +33,31 @@ def packaged_checkpoint(spec: str) -> Path:
     return Path(found.origin).parent / rel
 
 
+def _timm_identity(model: nn.Module) -> dict[str, Any]:
+    """The timm name and kwargs that rebuild ``model``, when they can be inferred and checked."""
+    import timm
+    import torch
+
+    arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
+    if not arch or arch not in timm.list_models():
+        return {}
+    kwargs: dict[str, Any] = {}
+    if isinstance(getattr(model, "num_classes", None), int):
+        kwargs["num_classes"] = model.num_classes
+    img_size = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    if img_size is not None:
+        kwargs["img_size"] = list(img_size) if not isinstance(img_size, int) else img_size
+    try:
+        with torch.device("meta"):
+            probe = timm.create_model(arch, pretrained=False, **kwargs)
+    except Exception:
+        return {}
+    mine = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if type(probe) is not type(model) or {k: tuple(v.shape) for k, v in probe.state_dict().items()} != mine:
+        return {}
+    return {"model": arch, "kwargs": kwargs}
+
+
 def convert(
     model: str | nn.Module,
     *,
@@ -71,6 +96,7 @@ def convert(
             raise AdnifyError("pretrained= and model keyword arguments apply only to timm names")
         module = model
         source = {"model": None, "class": f"{type(model).__module__}.{type(model).__qualname__}"}
+        source.update(_timm_identity(model))
     else:
         raise TypeError(f"convert() takes a timm model name or an nn.Module, not {type(model).__name__}")
     if checkpoint is not None:

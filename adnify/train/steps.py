@@ -1,0 +1,186 @@
+"""One training step of Algorithm 1 (docs/method.md), in the joint or the sequential order.
+
+Everything the loss needs comes out of *one* forward call of the (possibly DDP-wrapped) model:
+
+- joint: ``model(x)`` runs the super-net and the base-net and returns both, then one backward;
+- sequential: ``model(x, "super")`` + backward inside ``accelerator.no_sync(model)``, then
+  ``model(x, "base")`` + backward, which frees the super-net's activations before the base pass.
+
+Both orders give the same gradient (the teacher side is detached in every KL term). The caller
+does the optimizer step, so clipping, EMA and scheduling are shared with the plain baseline step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..adaptive import AdaptiveNet
+from ..losses import LossParts, adn_loss, base_loss, channel_kl, super_loss
+
+__all__ = ["AdnPair", "LossConfig", "adn_step", "drop_path_off", "freeze_bn_stats", "plain_step"]
+
+
+def _drop_path_modules(module: nn.Module) -> list[nn.Module]:
+    """timm ``DropPath`` (``drop_prob``) and torchvision ``StochasticDepth`` (``p``) modules."""
+    found = []
+    for m in module.modules():
+        name = type(m).__name__
+        if (name == "DropPath" and hasattr(m, "drop_prob")) or (name == "StochasticDepth" and hasattr(m, "p")):
+            found.append(m)
+    return found
+
+
+@contextlib.contextmanager
+def drop_path_off(modules: Sequence[nn.Module]) -> Iterator[None]:
+    """Disable stochastic depth inside the block (the base-net pass), restoring the rates after."""
+    saved = [(m, "drop_prob" if hasattr(m, "drop_prob") else "p") for m in modules]
+    rates = [getattr(m, attr) for m, attr in saved]
+    try:
+        for m, attr in saved:
+            setattr(m, attr, 0.0)
+        yield
+    finally:
+        for (m, attr), rate in zip(saved, rates):
+            setattr(m, attr, rate)
+
+
+def freeze_bn_stats(module: nn.Module) -> int:
+    """Put every BatchNorm layer in eval mode (running statistics fixed, used for normalising).
+
+    Call it after each ``module.train()``. Returns how many layers it froze.
+    """
+    count = 0
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+            count += 1
+    return count
+
+
+class AdnPair(nn.Module):
+    """The module that gets prepared (DDP-wrapped): one call returns super- and base-net outputs.
+
+    ``forward(x)`` returns ``((super_logits, super_feats), (base_logits, base_feats))``;
+    ``forward(x, "super")`` / ``forward(x, "base")`` return one of them (the sequential order).
+    Stochastic depth is off on the base-net pass.
+    """
+
+    def __init__(self, net: AdaptiveNet) -> None:
+        super().__init__()
+        self.net = net
+        self.super_pattern = "F" * net.num_stages
+        self.base_pattern = "T" * net.num_stages
+        self._drop_paths = _drop_path_modules(net)
+
+    def forward(self, x: Tensor, which: str = "both") -> Any:
+        if which == "super":
+            return self.net(x, skip=self.super_pattern, return_stages=True)
+        if which == "base":
+            with drop_path_off(self._drop_paths):
+                return self.net(x, skip=self.base_pattern, return_stages=True)
+        if which != "both":
+            raise ValueError(f"which must be 'both', 'super' or 'base', not {which!r}")
+        return self.forward(x, "super"), self.forward(x, "base")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """The recipe keys of the loss, and the channel dimension of every stage output."""
+
+    channel_dims: tuple[int, ...]
+    alpha: float = 0.5
+    temperature: float = 1.0
+    distill: bool = True
+    feature_kd: bool = True
+    logit_kd: bool = True
+    kd_weight_features: float = 1.0
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], net: AdaptiveNet) -> "LossConfig":
+        return cls(
+            channel_dims=tuple(s.channel_dim for s in net.plan.stages),
+            alpha=config["alpha"], temperature=config["temperature"], distill=config["distill"],
+            feature_kd=config["feature_kd"], logit_kd=config["logit_kd"],
+            kd_weight_features=config["kd_weight_features"],
+        )
+
+    def kwargs(self) -> dict[str, Any]:
+        return dict(channel_dims=list(self.channel_dims), alpha=self.alpha, temperature=self.temperature,
+                    feature_kd=self.feature_kd, logit_kd=self.logit_kd, distill=self.distill,
+                    kd_weight_features=self.kd_weight_features)
+
+
+def adn_step(
+    accelerator: Any,
+    model: nn.Module,
+    x: Tensor,
+    target: Tensor | None,
+    loss: LossConfig,
+    *,
+    order: str = "joint",
+    criterion: Callable[[Tensor, Tensor], Tensor] | None = None,
+    teacher_logits: Tensor | None = None,
+) -> LossParts:
+    """Forward and backward of one mini-batch; gradients are left in ``.grad`` for the caller's step.
+
+    Args:
+        accelerator: the ``accelerate.Accelerator`` (``backward``, ``no_sync``, ``autocast``).
+        model: the prepared :class:`AdnPair`.
+        x, target: the batch (``target``: class indices or mixup's soft targets; None label-free).
+        loss: weights and switches of the loss.
+        order: ``joint`` or ``sequential``.
+        criterion: supervised loss, default cross-entropy.
+        teacher_logits: label-free fine-tuning: ``KL(y_teacher || y_super)`` replaces the CE term.
+    """
+    if order == "joint":
+        with accelerator.autocast():
+            (s_logits, s_feats), (b_logits, b_feats) = model(x)
+            parts = adn_loss(s_logits, b_logits, s_feats, b_feats, target, teacher_logits=teacher_logits,
+                             criterion=criterion, **loss.kwargs())
+        accelerator.backward(parts.total)
+        return parts
+    if order != "sequential":
+        raise ValueError(f"order must be 'joint' or 'sequential', not {order!r}")
+    # Super-net first, without gradient synchronisation: its gradient is reduced with the base-net's.
+    with accelerator.no_sync(model):
+        with accelerator.autocast():
+            s_logits, s_feats = model(x, "super")
+            ce = super_loss(s_logits, target, alpha=1.0, criterion=criterion, teacher_logits=teacher_logits,
+                            temperature=loss.temperature)
+        weight = loss.alpha if loss.distill else 0.5
+        accelerator.backward(ce * weight)
+    s_logits, s_feats = s_logits.detach(), [f.detach() for f in s_feats]  # frees the super-net graph
+    with accelerator.autocast():
+        b_logits, b_feats = model(x, "base")
+        b_total, feat, logit = base_loss(b_logits, b_feats, s_logits, s_feats, target, criterion=criterion,
+                                         teacher_logits=teacher_logits, **loss.kwargs())
+    accelerator.backward(b_total)
+    total = (ce.detach() * weight + b_total.detach())
+    return LossParts(total=total, ce=total if not loss.distill else ce.detach(), feature_kd=feat, logit_kd=logit)
+
+
+def plain_step(
+    accelerator: Any,
+    model: nn.Module,
+    x: Tensor,
+    target: Tensor | None,
+    *,
+    criterion: Callable[[Tensor, Tensor], Tensor] | None = None,
+    teacher_logits: Tensor | None = None,
+    temperature: float = 1.0,
+) -> LossParts:
+    """The baseline: one network, cross-entropy (or ``KL(y_teacher || y)`` label-free)."""
+    with accelerator.autocast():
+        logits = model(x)
+        if teacher_logits is not None:
+            total = channel_kl(logits, teacher_logits, channel_dim=-1, temperature=temperature)
+        else:
+            total = (criterion or nn.CrossEntropyLoss())(logits, target)
+    accelerator.backward(total)
+    zero = total.detach().new_zeros(())
+    return LossParts(total=total, ce=total.detach(), feature_kd=zero, logit_kd=zero)
