@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import operator
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -27,14 +28,29 @@ from .plan import Plan, StagePlan
 from .tracing import TimmTracer, trace
 
 _ADDS = {"add", "add_", "iadd"}
-# Operations that keep the identity path an identity (up to layout) when found on it.
+# Operations allowed on the identity path of a residual block. The path must neither mix
+# channels nor positions with learned weights, so that skipping the block drops a refinement
+# rather than a transform: layout changes, elementwise activations (ResNet's ``act(x + f(x))``),
+# normalization layers (RepVGG/RepViT's ``bn(x + dw(x))``, post-norm blocks), and scaling by a
+# parameter or constant (MetaFormer's ``res_scale``, NFNet's ``beta``). Convolutions, linear
+# layers and data-dependent gates (squeeze-excitation) are not allowed: TinyViT's local conv
+# between its two residual adds makes a TinyVitBlock *not* skippable.
 _PASSTHROUGH = {
     "relu", "relu_", "gelu", "silu", "silu_", "hardswish", "hardswish_", "hard_swish", "relu6",
-    "hardtanh", "hardtanh_", "leaky_relu", "leaky_relu_", "elu", "mish", "swish",
+    "hardtanh", "hardtanh_", "leaky_relu", "leaky_relu_", "elu", "elu_", "mish", "swish", "sigmoid_",
     "reshape", "view", "_unsafe_view", "flatten", "permute", "transpose", "contiguous", "clone",
-    "alias", "detach", "to", "type", "float", "_to_copy",
+    "alias", "detach", "to", "type", "float", "_to_copy", "expand_as",
+    # normalization (torch functions and the aten ops make_fx records)
+    "norm", "layer_norm", "batch_norm", "group_norm", "instance_norm", "rms_norm", "native_layer_norm",
+    "native_batch_norm", "native_group_norm", "_native_batch_norm_legit_no_training",
+    "_native_batch_norm_legit", "cudnn_batch_norm", "_fused_rms_norm",
 }
+# Elementwise products and quotients: on the identity path only when the other operand is a constant.
+_SCALES = {"mul", "mul_", "imul", "truediv", "div", "div_"}
+_TUPLE_NORMS = {"native_layer_norm", "native_batch_norm", "native_group_norm", "_native_batch_norm_legit_no_training",
+                "_native_batch_norm_legit", "cudnn_batch_norm", "_fused_rms_norm"}
 _CONTAINERS = (nn.Sequential, nn.ModuleList)
+_NUMBERED = re.compile(r"^(.*?)(\d+)$")
 
 
 @dataclass
@@ -45,6 +61,7 @@ class _Probe:
     out_shape: tuple[int, ...] | None = None
     calls: int = 0
     args: tuple[Any, ...] = ()
+    order: int = 0  # when it was first called
 
 
 @dataclass
@@ -92,7 +109,7 @@ def analyse(
         probes = _probe(model, children, input_size or default_input_size(model))
         blocks = _residual_blocks(graph, modules, children, probes)
         segments = _segments(model, children, probes)
-        plan = _plan_stages(graph, modules, blocks, segments, probes, split=split, groups=groups)
+        plan = _plan_stages(graph, modules, blocks, segments, probes, children, split=split, groups=groups)
     finally:
         model.train(was_training)
     if not plan.stages:
@@ -109,13 +126,15 @@ def _nothing_adaptive_message(model: nn.Module, blocks: set[str], segments: list
     name = type(model).__name__
     if not blocks:
         return (
-            f"nothing to adapt in {name}: no residual block found (a module in a Sequential/ModuleList "
-            f"whose output is its input plus a branch)"
+            f"nothing to adapt in {name}: no residual block found (a repeated block whose output is its "
+            f"input plus a branch, with only activations, norms or constant scales on the identity path)"
         )
-    longest = max((len(s) for s in segments), default=0)
+    modules = dict(model.named_modules())
+    longest = max((len(_counted(s, modules)) for s in segments if any(b in blocks for b in s)), default=0)
     return (
-        f"nothing to adapt in {name}: found {len(blocks)} residual blocks with identity shortcuts, "
-        f"but no stage of 2 or more same-shape blocks ends in them (longest stage: {longest} blocks)"
+        f"nothing to adapt in {name}: found {len(blocks)} residual blocks with identity shortcuts, but no "
+        f"stage of 2 or more same-shape blocks ends in them (longest stage with one: {longest} "
+        f"block{'s' if longest != 1 else ''})"
     )
 
 
@@ -123,12 +142,29 @@ def _nothing_adaptive_message(model: nn.Module, blocks: set[str], segments: list
 
 
 def _container_children(model: nn.Module) -> dict[str, list[str]]:
-    """Container name -> qualified names of its children, in order."""
+    """Block lists: key -> qualified names of the children that may form stages, in order.
+
+    A block list is the children of an ``nn.Sequential``/``nn.ModuleList``, or, in any other
+    module, a group of two or more children numbered alike (``b1, b2, b3`` in RegNet's
+    ``RegStage``): blocks built by a loop. Named roles (MaxViT's ``attn_block``/``attn_grid``)
+    are parts of one block, not blocks of a stage. The key is the container's name, with the
+    group's prefix for numbered groups (``s2.b*``).
+    """
     out: dict[str, list[str]] = {}
     for name, mod in model.named_modules():
-        if isinstance(mod, _CONTAINERS) and len(mod) > 0:
-            prefix = f"{name}." if name else ""
-            out[name] = [f"{prefix}{child}" for child, _ in mod.named_children()]
+        prefix = f"{name}." if name else ""
+        if isinstance(mod, _CONTAINERS):
+            if len(mod) > 0:
+                out[name] = [f"{prefix}{child}" for child, _ in mod.named_children()]
+            continue
+        numbered: dict[str, list[str]] = defaultdict(list)
+        for child, _ in mod.named_children():
+            match = _NUMBERED.match(child)
+            if match and match.group(1):
+                numbered[match.group(1)].append(f"{prefix}{child}")
+        for stem, names in numbered.items():
+            if len(names) >= 2:
+                out[f"{prefix}{stem}*"] = names
     return out
 
 
@@ -144,7 +180,7 @@ def _probe(model: nn.Module, children: dict[str, list[str]], input_size: Sequenc
 
     def hook(name: str):
         def fn(mod: nn.Module, args: tuple, output: Any) -> None:
-            p = probes.setdefault(name, _Probe())
+            p = probes.setdefault(name, _Probe(order=len(probes)))
             p.calls += 1
             p.in_shape = tuple(args[0].shape) if args and isinstance(args[0], torch.Tensor) else None
             p.out_shape = tuple(output.shape) if isinstance(output, torch.Tensor) else None
@@ -153,9 +189,8 @@ def _probe(model: nn.Module, children: dict[str, list[str]], input_size: Sequenc
 
         return fn
 
-    for names in children.values():
-        for name in names:
-            handles.append(modules[name].register_forward_hook(hook(name)))
+    for name in dict.fromkeys(n for names in children.values() for n in names):
+        handles.append(modules[name].register_forward_hook(hook(name)))
     try:
         with torch.no_grad():
             model(torch.randn(1, *input_size))
@@ -167,6 +202,8 @@ def _probe(model: nn.Module, children: dict[str, list[str]], input_size: Sequenc
     finally:
         for h in handles:
             h.remove()
+    for key, names in children.items():  # block lists in call order (uncalled children last)
+        children[key] = sorted(names, key=lambda n: probes[n].order if n in probes else len(probes))
     return probes
 
 
@@ -186,13 +223,25 @@ def _op_name(node: fx.Node, modules: dict[str, nn.Module]) -> str:
             return t.overloadpacket.__name__
         if t in (operator.add, operator.iadd):
             return "add"
+        if t in (operator.mul, operator.imul):
+            return "mul"
+        if t in (operator.truediv, operator.itruediv):
+            return "truediv"
         return getattr(t, "__name__", str(t))
     if node.op == "call_module":
         mod = modules.get(str(node.target))
         if isinstance(mod, nn.Identity) or _is_activation(mod):
             return "relu"  # any elementwise activation: a passthrough
+        if is_norm(mod):
+            return "norm"
         return f"module:{type(mod).__name__}"
     return node.op
+
+
+def _in_norm(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """True for a node traced inside a norm layer (timm's LayerNorm2d, BatchNormAct2d...)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    return any(is_norm(modules.get(q)) for q, _ in stack.values())
 
 
 def _is_activation(mod: nn.Module | None) -> bool:
@@ -203,8 +252,23 @@ def _is_activation(mod: nn.Module | None) -> bool:
 
 
 def _reaches_identity(out: fx.Node, x: fx.Node, modules: dict[str, nn.Module]) -> bool:
-    """True when ``out`` is ``x`` plus at least one branch, through adds and passthrough ops."""
+    """True when ``out`` is ``x`` plus at least one branch, through adds and passthrough ops.
+
+    See ``_PASSTHROUGH`` for what the identity path may pass through.
+    """
     memo: dict[tuple[fx.Node, bool], bool] = {}
+    constant: dict[fx.Node, bool] = {}
+
+    def is_constant(node: fx.Node) -> bool:
+        """Computed from parameters, buffers and literals only (no input data)."""
+        if node not in constant:
+            if node.op == "get_attr":
+                constant[node] = True
+            elif node.op in ("placeholder", "output") or node is x:
+                constant[node] = False
+            else:
+                constant[node] = all(is_constant(a) for a in node.all_input_nodes)
+        return constant[node]
 
     def walk(node: fx.Node, seen_add: bool) -> bool:
         if node is x:
@@ -215,9 +279,17 @@ def _reaches_identity(out: fx.Node, x: fx.Node, modules: dict[str, nn.Module]) -
         memo[key] = False
         name = _op_name(node, modules)
         operands = [a for a in node.args if isinstance(a, fx.Node)]
-        if name in _ADDS and len(operands) == 2:
+        data = [a for a in operands if not is_constant(a)]
+        if node.op != "call_module" and _in_norm(node, modules):
+            # inside a traced-through norm layer: its own adds (var + eps) are no residual adds
+            result = any(walk(a, seen_add) for a in data)
+        elif name in _ADDS and len(operands) == 2:
             result = any(walk(a, True) for a in operands)
-        elif name in _PASSTHROUGH and operands:
+        elif name in _SCALES:
+            result = len(data) == 1 and walk(data[0], seen_add)
+        elif name in _PASSTHROUGH:
+            result = any(walk(a, seen_add) for a in data)
+        elif name == "getitem" and operands and _op_name(operands[0], modules) in _TUPLE_NORMS and node.args[1] == 0:
             result = walk(operands[0], seen_add)
         else:
             result = False
@@ -341,11 +413,12 @@ def _plan_stages(
     blocks: set[str],
     segments: list[list[str]],
     probes: dict[str, _Probe],
+    children: dict[str, list[str]],
     *,
     split: float | Sequence[int] | None,
     groups: int,
 ) -> Plan:
-    candidates = [s for s in segments if len(s) >= 2 and s[-1] in blocks]
+    candidates = [s for s in segments if len(_counted(s, modules)) >= 2 and s[-1] in blocks]
     isotropic = len(candidates) == 1 and all(b in blocks for b in candidates[0][1:]) and groups > 1
     units: list[tuple[list[str], str | None]] = []  # (blocks of the stage, root module of its mandatory path)
     if isotropic:
@@ -356,19 +429,25 @@ def _plan_stages(
     else:
         units = [(seg, _stage_root(seg, modules)) for seg in candidates]
 
+    owner = {child: key for key, names in children.items() for child in names}
     order = {node: i for i, node in enumerate(graph.nodes)}
     regions = _module_regions(graph)
     first = {name: min(order[n] for n in nodes) for name, nodes in regions.items()}
     stages: list[StagePlan] = []
+    spans: list[list[str]] = []
     for seg, root in units:
-        m = _mandatory_count(len(seg), split, len(stages))
-        tail = seg[m:]
+        counted = _counted(seg, modules)
+        if len(counted) < 2:
+            continue
+        m = _mandatory_count(len(counted), split, len(stages))
+        tail = seg[counted[m - 1] + 1:]
         while tail and any(b not in blocks for b in tail):
             tail = tail[1:]
         if not tail:
             continue
         mandatory = seg[: len(seg) - len(tail)]
-        start_name = root if root is not None and _is_first_segment(seg, segments) else seg[0]
+        first_of_container = next(s for s in segments if owner.get(s[0]) == owner.get(seg[0])) is seg
+        start_name = root if root is not None and first_of_container else seg[0]
         start = first.get(start_name, first.get(seg[0], 0))
         end = first.get(tail[0], len(order))
         prefix = root if root is not None else None
@@ -377,7 +456,21 @@ def _plan_stages(
         name = root if root is not None and not isotropic else _span_name(seg)
         stages.append(StagePlan(name=name, mandatory=mandatory, skippable=tail, norms=norms,
                                 channel_dim=_channel_dim(out_shape, [modules[n] for n in norms] + [modules[b] for b in seg])))
+        spans.append(seg)
+    names = [s.name for s in stages]
+    for stage, seg in zip(stages, spans):
+        if names.count(stage.name) > 1:  # several stages in one container (Hiera, GhostNet)
+            stage.name = _span_name(seg)
     return Plan(stages=stages, isotropic=isotropic)
+
+
+def _counted(seg: list[str], modules: dict[str, nn.Module]) -> list[int]:
+    """Positions of the elements of ``seg`` that count as blocks: those with parameters.
+
+    Parameter-free glue (EfficientFormer's ``Flat`` reshape) learns nothing, so it may sit in
+    a mandatory part but does not count towards a stage's length ``L``.
+    """
+    return [i for i, name in enumerate(seg) if any(True for _ in modules[name].parameters())]
 
 
 def _span_name(seg: list[str]) -> str:
@@ -393,12 +486,6 @@ def _stage_root(seg: list[str], modules: dict[str, nn.Module]) -> str:
     if not container.rpartition(".")[2].isdigit() and parent and isinstance(modules.get(_parent(parent)), _CONTAINERS):
         return parent
     return container
-
-
-def _is_first_segment(seg: list[str], segments: list[list[str]]) -> bool:
-    container = _parent(seg[0])
-    same = [s for s in segments if _parent(s[0]) == container]
-    return bool(same) and same[0] is seg
 
 
 def _norms_between(

@@ -105,13 +105,13 @@ def convert(
         console.print(f"saved to {output}/ (model.safetensors, adnify.json)", highlight=False)
 
 
-def info(directory: Annotated[Path, typer.Argument(help="A converted model or training run directory.")]) -> None:
+def info(directory: Annotated[str, typer.Argument(help="A converted model or training run directory (or a timm name).")]) -> None:
     """Show the plan and sub-network sizes of a saved adaptive model."""
     from ..costs import pattern_costs
     from ..sources import open_source
     from .display import console, plan_table
 
-    net = open_source(str(directory))
+    net = open_source(directory)
     costs = pattern_costs(net, [net.patterns()[0], net.patterns()[-1]])
     src = net.source
     console.print(f"{directory}: {src.get('model') or src.get('class')}  {src.get('weights', '')}", highlight=False)
