@@ -3,10 +3,17 @@
 The analysis is read-only: it traces the model with torch.fx, runs one forward pass on a
 dummy input to learn shapes, and returns a :class:`~adnify.plan.Plan`.
 
-A *residual block* is a module, held in an ``nn.Sequential``/``nn.ModuleList``, whose output
-is its first input plus one or more residual branches: walking back from the output along
-adds and shape-only operations (activations, reshapes, identities) reaches the input.
-Consecutive blocks of one container that keep the same shape form a stage.
+- A *block list* is the children of an ``nn.Sequential``/``nn.ModuleList``, or children of any
+  other module numbered alike (RegNet's ``b1, b2, ...``), taken in call order.
+- A *residual block* is a block whose output is its first input plus one or more residual
+  branches: walking back from the output along adds and identity-path operations (layout
+  changes, activations, norms, constant scales; see ``_PASSTHROUGH``) reaches the input.
+  Blocks that timm keeps opaque to FX (notrace modules such as NFNet's ``NormFreeBlock``) are
+  traced on their own, or with ``make_fx`` when FX cannot trace them.
+- Consecutive blocks of one list that keep the same shape form a stage; only its trailing
+  residual blocks can be skippable, and parameter-free glue (a reshape) does not count as a block.
+- A model whose only stage is its whole trunk (ViT, Mixer...) is isotropic: that stage is cut
+  into ``groups`` stages.
 """
 
 from __future__ import annotations
@@ -62,6 +69,7 @@ class _Probe:
     calls: int = 0
     args: tuple[Any, ...] = ()
     order: int = 0  # when it was first called
+    chained: bool = False  # its input is the output of the sibling called before it
 
 
 @dataclass
@@ -130,11 +138,13 @@ def _nothing_adaptive_message(model: nn.Module, blocks: set[str], segments: list
             f"input plus a branch, with only activations, norms or constant scales on the identity path)"
         )
     modules = dict(model.named_modules())
-    longest = max((len(_counted(s, modules)) for s in segments if any(b in blocks for b in s)), default=0)
+    innermost = {b for b in blocks if not any(o.startswith(b + ".") for o in blocks)}
+    # the longest run of same-shape blocks that ends in a residual block
+    longest = max((len(_counted(s[: i + 1], modules)) for s in segments for i, b in enumerate(s) if b in blocks),
+                  default=0)
     return (
-        f"nothing to adapt in {name}: found {len(blocks)} residual blocks with identity shortcuts, but no "
-        f"stage of 2 or more same-shape blocks ends in them (longest stage with one: {longest} "
-        f"block{'s' if longest != 1 else ''})"
+        f"nothing to adapt in {name}: found {len(innermost)} residual blocks with identity shortcuts, but no "
+        f"stage of 2 or more same-shape blocks ends in them (longest: {longest} block{'s' if longest != 1 else ''})"
     )
 
 
@@ -177,19 +187,25 @@ def _probe(model: nn.Module, children: dict[str, list[str]], input_size: Sequenc
     probes: dict[str, _Probe] = {}
     modules = dict(model.named_modules())
     handles = []
+    owner = {child: key for key, names in children.items() for child in names}
+    last_output: dict[str, Any] = {}  # per block list: the output of the child called last
 
     def hook(name: str):
+        key = owner[name]
+
         def fn(mod: nn.Module, args: tuple, output: Any) -> None:
             p = probes.setdefault(name, _Probe(order=len(probes)))
             p.calls += 1
             p.in_shape = tuple(args[0].shape) if args and isinstance(args[0], torch.Tensor) else None
             p.out_shape = tuple(output.shape) if isinstance(output, torch.Tensor) else None
+            p.chained = bool(args) and key in last_output and args[0] is last_output[key]
+            last_output[key] = output
             if not _is_torch_leaf(mod):
                 p.args = args
 
         return fn
 
-    for name in dict.fromkeys(n for names in children.values() for n in names):
+    for name in owner:
         handles.append(modules[name].register_forward_hook(hook(name)))
     try:
         with torch.no_grad():
@@ -348,7 +364,7 @@ def _residual_blocks(
     children: dict[str, list[str]],
     probes: dict[str, _Probe],
 ) -> set[str]:
-    """Innermost container children that are residual and keep their input's shape."""
+    """Block-list children that are residual and keep their input's shape (nested ones too)."""
     regions = _module_regions(graph)
     found: set[str] = set()
     for names in children.values():
@@ -364,16 +380,21 @@ def _residual_blocks(
                 residual = len(nodes) > 1 and _is_residual_region(nodes, modules)
             if residual:
                 found.add(name)
-    return {b for b in found if not any(o.startswith(b + ".") for o in found)}
+    return found
 
 
 # --- stages -------------------------------------------------------------------------------------
 
 
 def _segments(model: nn.Module, children: dict[str, list[str]], probes: dict[str, _Probe]) -> list[list[str]]:
-    """Runs of container children that keep one shape; a shape change starts a new run."""
+    """Runs of block-list children that keep one shape; a shape change starts a new run.
+
+    In a numbered group (``key`` ending in ``*``) a child must also take the previous one's
+    output as its input: DaViT's ``cpe1``/``cpe2`` have an attention between them, no loop.
+    """
     segments: list[list[str]] = []
-    for names in children.values():
+    for key, names in children.items():
+        numbered = key.endswith("*")
         current: list[str] = []
         prev_out = None
         for name in names:
@@ -383,7 +404,7 @@ def _segments(model: nn.Module, children: dict[str, list[str]], probes: dict[str
                     segments.append(current)
                 current, prev_out = [], None
                 continue
-            starts_new = p.in_shape != p.out_shape or p.in_shape != prev_out
+            starts_new = p.in_shape != p.out_shape or p.in_shape != prev_out or (numbered and not p.chained)
             if starts_new and current:
                 segments.append(current)
                 current = []
@@ -418,8 +439,13 @@ def _plan_stages(
     split: float | Sequence[int] | None,
     groups: int,
 ) -> Plan:
-    candidates = [s for s in segments if len(_counted(s, modules)) >= 2 and s[-1] in blocks]
-    isotropic = len(candidates) == 1 and all(b in blocks for b in candidates[0][1:]) and groups > 1
+    candidates = _outermost_stages([s for s in segments if len(_counted(s, modules)) >= 2 and s[-1] in blocks],
+                                   blocks, modules)
+    outer_blocks = {b for b in blocks if not any(b.startswith(o + ".") for o in blocks)}
+    # Isotropic (ViT, Mixer...): one run of residual blocks is the model's trunk: it starts with a
+    # residual block (no downsampling), holds every residual block of the model and most parameters.
+    isotropic = (groups > 1 and len(candidates) == 1 and all(b in blocks for b in candidates[0])
+                 and outer_blocks <= set(candidates[0]) and _is_trunk(candidates[0], modules))
     units: list[tuple[list[str], str | None]] = []  # (blocks of the stage, root module of its mandatory path)
     if isotropic:
         seg = candidates[0]
@@ -462,6 +488,43 @@ def _plan_stages(
         if names.count(stage.name) > 1:  # several stages in one container (Hiera, GhostNet)
             stage.name = _span_name(seg)
     return Plan(stages=stages, isotropic=isotropic)
+
+
+def _outermost_stages(candidates: list[list[str]], blocks: set[str], modules: dict[str, nn.Module]) -> list[list[str]]:
+    """Resolve stages nested in the blocks of other stages.
+
+    A stage's blocks repeat one design. When the blocks of an outer run hold runs of their own,
+    the inner runs are the stages if each repeats one block type (VOLO's same-shape stages of
+    transformer blocks); if an inner run mixes types it is one composite block (DaViT's
+    spatial + channel pair) and the outer run is the stage.
+    """
+
+    def inside(inner: list[str], outer: list[str]) -> bool:
+        return any(b.startswith(o + ".") for b in inner for o in outer)
+
+    def repeats_one_type(seg: list[str]) -> bool:
+        return len({type(modules[b]) for b in seg if b in blocks}) == 1
+
+    dropped: set[int] = set()
+    by_depth = sorted(range(len(candidates)), key=lambda i: candidates[i][0].count("."))
+    for i in by_depth:
+        if i in dropped:
+            continue
+        inner = [j for j in range(len(candidates))
+                 if j != i and j not in dropped and inside(candidates[j], candidates[i])]
+        if not inner:
+            continue
+        if all(repeats_one_type(candidates[j]) for j in inner):
+            dropped.add(i)
+        else:
+            dropped.update(inner)
+    return [c for i, c in enumerate(candidates) if i not in dropped]
+
+
+def _is_trunk(seg: list[str], modules: dict[str, nn.Module]) -> bool:
+    """True when the blocks of ``seg`` hold at least half of the model's parameters."""
+    total = sum(p.numel() for p in modules[""].parameters())
+    return 2 * sum(p.numel() for b in seg for p in modules[b].parameters()) >= total
 
 
 def _counted(seg: list[str], modules: dict[str, nn.Module]) -> list[int]:

@@ -213,7 +213,10 @@ def _load_splits(source: str) -> dict[str, datasets.Dataset]:
         if not path.is_dir():
             raise AdnifyError(f"{source} is a file: pass a folder of images or a save_to_disk folder")
         if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
-            return _as_dict(datasets.load_from_disk(str(path)))
+            try:
+                return _as_dict(datasets.load_from_disk(str(path)))
+            except IndexError:  # datasets cannot read back a saved dataset of 0 rows (0 shards)
+                raise AdnifyError(f"{source} holds no examples") from None
         return _image_folder(path)
     if _looks_like_path(source):
         raise AdnifyError(f"{source} does not exist")

@@ -112,7 +112,7 @@ def evaluate_patterns(
     if not pats:
         raise AdnifyError("no patterns to evaluate")
     accelerator = accelerator or make_accelerator(device)
-    loader = accelerator.prepare_data_loader(loader) if isinstance(loader, torch.utils.data.DataLoader) else loader
+    loader = _shard(accelerator, loader)
     super_net = "F" * net.num_stages
     run = pats + ([super_net] if agreement and super_net not in pats else [])
     ref = run.index(super_net) if agreement else None
@@ -130,12 +130,7 @@ def evaluate_patterns(
                 images = images.to(accelerator.device, non_blocking=True)
                 if dtype is not None:
                     images = images.to(dtype)
-                k = None
-                top = []
-                for p in run:
-                    logits = net(images, skip=p)
-                    k = min(5, logits.shape[-1])
-                    top.append(logits.topk(k, dim=-1).indices)
+                top = [_top5(net(images, skip=p)) for p in run]
                 # [B, P, k]: the batch dimension first, so that gather_for_metrics can drop padding.
                 preds, targets = accelerator.gather_for_metrics((torch.stack(top, dim=1), targets.to(accelerator.device)))
                 preds, targets = preds.cpu(), targets.cpu()
@@ -159,11 +154,24 @@ def evaluate_patterns(
             for j, p in enumerate(pats)}
 
 
+def _top5(logits: torch.Tensor) -> torch.Tensor:
+    return logits.topk(min(5, logits.shape[-1]), dim=-1).indices
+
+
 def make_accelerator(device: torch.device | str | None = None) -> "Accelerator":
     """An ``accelerate.Accelerator``: the processes of ``accelerate launch``, else one process on ``device``."""
     from accelerate import Accelerator
 
     return Accelerator(cpu=device is not None and torch.device(device).type == "cpu")
+
+
+def _shard(accelerator: "Accelerator", loader: Iterable) -> Iterable:
+    """``loader`` split across the processes (a loader ``accelerate`` already prepared is kept as is)."""
+    from accelerate.data_loader import DataLoaderDispatcher, DataLoaderShard
+
+    if isinstance(loader, torch.utils.data.DataLoader) and not isinstance(loader, (DataLoaderShard, DataLoaderDispatcher)):
+        return accelerator.prepare_data_loader(loader)
+    return loader
 
 
 def _length(loader: Iterable) -> int | None:

@@ -116,7 +116,6 @@ def report(
         adnify report swin_tiny_patch4 --budget-ms 40 --select-only
     """
     from .. import report_output as ro
-    from ..files import check_writable
     from ..report import build_report, parse_metrics, resolve_device
     from ..sources import is_model_dir, open_source
     from .display import console
@@ -131,7 +130,7 @@ def report(
     fmt = _format(format, output)
     for path in (output, plot):
         if path is not None:
-            check_writable(path, force=force)
+            _check_output(path, force)
     if plot is not None:
         _require_matplotlib()
 
@@ -179,9 +178,21 @@ def report(
         return
     for what, path in (("report", output), ("plot", plot)):
         if path is not None:
-            console.print(f"wrote {what} {path}", highlight=False)
+            console.print(f"wrote {what} {path}", highlight=False, soft_wrap=True)
     if chosen is not None:
-        console.print(f"best within the budget: [bold]{chosen['pattern']}[/] ({_describe(chosen)})", highlight=False)
+        console.print(f"best within the budget: [bold]{chosen['pattern']}[/] ({_describe(chosen)})", highlight=False, soft_wrap=True)
+
+
+def _check_output(path: Path, force: bool) -> None:
+    """Fail now, before any measuring, if ``path`` cannot be written."""
+    from ..files import check_writable
+
+    check_writable(path, force=force)
+    if path.is_dir():
+        raise AdnifyError(f"cannot write {path}: it is a directory")
+    parent = next(p for p in path.parents if p.exists())  # the nearest existing folder, created up to path
+    if not parent.is_dir():
+        raise AdnifyError(f"cannot write {path}: {parent} is not a directory")
 
 
 def _format(fmt: Optional[Format], output: Optional[Path]) -> str:

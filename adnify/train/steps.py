@@ -16,7 +16,6 @@ import contextlib
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
-import torch
 from torch import Tensor, nn
 
 from ..adaptive import AdaptiveNet

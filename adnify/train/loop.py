@@ -1,0 +1,244 @@
+"""The training loop: epochs of Algorithm 1 steps, evaluation, checkpoints, resumption."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from ..errors import AdnifyError
+from .modeling import baseline_into_net
+from .progress import TrainProgress, stats_line
+from .progress import Meter
+from .session import Session
+from .state import StopRequest
+from .steps import adn_step, freeze_bn_stats, plain_step
+
+__all__ = ["StepInfo", "TrainResult", "run_loop"]
+
+
+@dataclass
+class StepInfo:
+    """What a callback sees after each optimizer step."""
+
+    epoch: int
+    step: int
+    values: dict[str, float]
+    session: Session
+
+
+@dataclass
+class TrainResult:
+    """How a run ended.
+
+    Attributes:
+        run_dir: the run directory.
+        status: ``completed``, ``stopped`` (``max_steps`` reached) or ``interrupted`` (Ctrl-C).
+        step, epoch: optimizer steps and finished epochs.
+        evaluation: the last evaluation, ``{name: {"acc1": ..., "agreement": ...}}``, or None.
+    """
+
+    run_dir: Any
+    status: str
+    step: int
+    epoch: int
+    evaluation: dict[str, dict[str, float | None]] | None
+
+
+def _lr(session: Session) -> float:
+    return float(session.optimizer.param_groups[0]["lr"])
+
+
+def _save_checkpoint(session: Session, saved: set[int]) -> None:
+    step, acc, run = session.state.step, session.accelerator, session.run
+    if step in saved:
+        return
+    if acc.is_main_process:
+        run.begin_checkpoint(step)
+    acc.wait_for_everyone()
+    acc.save_state(str(run.temp_checkpoint(step)))
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        run.commit_checkpoint(step, session.config["keep_checkpoints"])
+    acc.wait_for_everyone()
+    saved.add(step)
+
+
+def _eval_nets(session: Session) -> dict[str, Any]:
+    """Name prefix -> adaptive net to evaluate (a baseline is evaluated through its adaptive form)."""
+    if session.baseline:
+        nets = {"": baseline_into_net(session.net, session.trained, session.baseline)}
+        if session.ema is not None:
+            nets["ema:"] = baseline_into_net(session.net, session.ema.module, session.baseline)
+        return nets
+    nets = {"": session.net}
+    if session.ema is not None:
+        nets["ema:"] = session.ema.module
+    return nets
+
+
+def _evaluate(session: Session, progress: TrainProgress) -> dict[str, Any] | None:
+    """Accuracy of the super- and base-net (a baseline: its own pattern) on the validation split."""
+    from ..evaluate import evaluate_patterns
+
+    if session.eval_loader is None:
+        return None
+    acc, state = session.accelerator, session.state
+    n = session.net.num_stages
+    patterns = [session.baseline] if session.baseline else ["F" * n, "T" * n]
+    labelled = session.data.label_column is not None
+    result: dict[str, dict[str, float | None]] = {}
+    devices = [acc.device] if acc.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):  # loader iterators draw seeds: keep training's RNG untouched
+        for prefix, net in _eval_nets(session).items():
+            found = evaluate_patterns(net, patterns, session.eval_loader, labels=labelled, agreement=not labelled,
+                                      accelerator=acc, progress=False)
+            result.update({prefix + p: {"acc1": a.acc1, "agreement": a.agreement} for p, a in found.items()})
+    record = {"kind": "eval", "epoch": state.epoch, "step": state.step, "acc1": {k: v["acc1"] for k, v in result.items()}}
+    if not labelled:
+        record["agreement"] = {k: v["agreement"] for k, v in result.items()}
+    if acc.is_main_process:
+        session.run.log(record)
+        metric = "acc1" if labelled else "agreement"
+        shown = "  ".join(f"{name} {v[metric]:.2f}%" for name, v in result.items() if v[metric] is not None)
+        progress.print(f"epoch {state.epoch}/{session.total_epochs} {metric}: {shown}")
+    _log_trackers(session, {f"eval/{m}/{name}": v for name, r in result.items() for m, v in r.items() if v is not None})
+    return result
+
+
+def _log_trackers(session: Session, values: dict[str, float]) -> None:
+    if session.accelerator.trackers:
+        session.accelerator.log(values, step=session.state.step)
+
+
+def _one_step(session: Session, images: torch.Tensor, labels: torch.Tensor, stop: StopRequest) -> dict[str, float]:
+    acc, cfg = session.accelerator, session.config
+    target: torch.Tensor | None = labels if session.labels else None
+    if session.mixup is not None:
+        images, soft = session.mixup(images, labels if session.labels else torch.zeros_like(labels))
+        target = soft if session.labels else None
+    teacher_logits = None
+    if session.teacher is not None:
+        with torch.no_grad(), acc.autocast():
+            teacher_logits = session.teacher(images).float()
+    if session.baseline:
+        parts = plain_step(acc, session.model, images, target, criterion=session.criterion,
+                           teacher_logits=teacher_logits, temperature=cfg["temperature"])
+    else:
+        parts = adn_step(acc, session.model, images, target, session.loss, order=cfg["order"],
+                         criterion=session.criterion, teacher_logits=teacher_logits)
+    local = torch.stack([parts.total.detach().float(), parts.ce.float(), parts.feature_kd.float(),
+                         parts.logit_kd.float(), torch.tensor(float(stop.requested), device=parts.total.device)])
+    every = acc.gather(local[None]).cpu()  # one small all-gather: the NaN check and Ctrl-C must agree
+    if not torch.isfinite(every[:, :4]).all():
+        session.optimizer.zero_grad(set_to_none=True)
+        last = session.run.latest_checkpoint()
+        raise AdnifyError(
+            f"the loss became {every[:, 0].tolist()} at step {session.state.step + 1} (epoch {session.state.epoch + 1}):"
+            f" training stopped, nothing saved after the last good checkpoint "
+            f"({last if last else 'none yet'}); lower the learning rate or enable grad_clip, then resume"
+        )
+    stop.requested = bool(every[:, 4].max() > 0)
+    if cfg["grad_clip"]:
+        acc.clip_grad_norm_(session.trained.parameters(), cfg["grad_clip"])
+    session.optimizer.step()
+    session.optimizer.zero_grad(set_to_none=True)
+    session.state.step += 1
+    session.state.batch_in_epoch += 1
+    if session.ema is not None:
+        session.ema.update(session.trained, step=session.state.step)
+    session.scheduler.step_update(num_updates=session.state.step)
+    mean = every[:, :4].mean(0).tolist()
+    return dict(zip(("loss", "loss_ce", "loss_feature_kd", "loss_logit_kd"), mean))
+
+
+def _train_mode(session: Session) -> None:
+    session.model.train()
+    if session.config["freeze_bn_stats"]:
+        freeze_bn_stats(session.model)
+
+
+def _save_final(session: Session) -> None:
+    if not session.accelerator.is_main_process:
+        return
+    state = session.state
+    extra = {"training": {"step": state.step, "epoch": state.epoch, "recipe_config": "config.yaml"}}
+    net = session.net
+    if session.baseline:
+        extra["baseline"] = session.baseline
+        net = baseline_into_net(session.net, session.trained, session.baseline)
+    net.save(str(session.run.final), force=True, extra=extra)
+    if session.ema is not None:
+        ema = session.ema.module
+        ema_net = baseline_into_net(session.net, ema, session.baseline) if session.baseline else ema
+        ema_net.save(str(session.run.final_ema), force=True, extra=extra)
+
+
+def run_loop(
+    session: Session,
+    *,
+    max_steps: int | None = None,
+    show_progress: bool = True,
+    callbacks: tuple[Callable[[StepInfo], None], ...] = (),
+) -> TrainResult:
+    """Train from ``session.state`` to the end of the schedule (or ``max_steps``, or Ctrl-C)."""
+    acc, cfg, state, run = session.accelerator, session.config, session.state, session.run
+    steps_per_epoch = len(session.train_loader)
+    total = session.total_epochs * steps_per_epoch
+    saved: set[int] = set()
+    every_n = cfg["checkpoint_every_steps"]
+    evaluation = None
+    status = "completed"
+    meter = Meter()
+    with StopRequest() as stop, TrainProgress(show_progress and acc.is_main_process, total, state.step) as bar:
+        for note in session.notes:
+            bar.print(f"note: {note}")
+        while state.epoch < session.total_epochs:
+            # accelerate's loader re-seeds its sampler from its own iteration counter: keep both on the epoch.
+            session.train_loader.set_epoch(state.epoch)
+            session.sampler.set_epoch(state.epoch)
+            loader = session.train_loader
+            if state.batch_in_epoch:
+                loader = acc.skip_first_batches(loader, state.batch_in_epoch)
+            _train_mode(session)
+            for images, labels in loader:
+                values = _one_step(session, images, labels, stop)
+                meter.add(values, images.shape[0] * acc.num_processes)
+                bar.update(state.epoch, session.total_epochs, stats_line(values, _lr(session)))
+                last_of_epoch = state.batch_in_epoch == steps_per_epoch
+                if state.step % cfg["log_interval"] == 0 or last_of_epoch:
+                    summary = meter.summary()
+                    record = {"kind": "train", "epoch": state.epoch, "step": state.step, **summary, "lr": _lr(session)}
+                    if acc.is_main_process:
+                        run.log(record)
+                    _log_trackers(session, {f"train/{k}": v for k, v in record.items() if k != "kind"})
+                    meter.reset()
+                for callback in callbacks:
+                    callback(StepInfo(state.epoch, state.step, values, session))
+                halt = stop.requested or (max_steps is not None and state.step >= max_steps)
+                if (every_n and state.step % every_n == 0) or (halt and not last_of_epoch):
+                    began = time.perf_counter()
+                    _save_checkpoint(session, saved)
+                    meter.pause(time.perf_counter() - began)
+                if halt and not last_of_epoch:
+                    break
+            else:
+                state.epoch += 1
+                state.batch_in_epoch = 0
+                session.scheduler.step(state.epoch)
+                began = time.perf_counter()
+                if state.epoch % cfg["eval_every_epochs"] == 0 or state.epoch == session.total_epochs:
+                    evaluation = _evaluate(session, bar)
+                    _train_mode(session)
+                _save_checkpoint(session, saved)
+                meter.pause(time.perf_counter() - began)
+                if not (stop.requested or (max_steps is not None and state.step >= max_steps)):
+                    continue
+            status = "interrupted" if stop.requested else "stopped"
+            break
+    if status != "interrupted":
+        _save_final(session)
+    acc.wait_for_everyone()
+    return TrainResult(run.path, status, state.step, state.epoch, evaluation)

@@ -1,0 +1,94 @@
+"""What the user sees (main process only) and what goes to metrics.jsonl and the trackers."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+__all__ = ["Meter", "TrainProgress", "console"]
+
+console = Console()
+
+LOSS_KEYS = ("loss", "loss_ce", "loss_feature_kd", "loss_logit_kd")
+
+
+class Meter:
+    """Means of the loss parts since the last log line, and the throughput."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums = dict.fromkeys(LOSS_KEYS, 0.0)
+        self.steps = 0
+        self.images = 0
+        self.started = time.perf_counter()
+
+    def add(self, values: dict[str, float], images: int) -> None:
+        for key in LOSS_KEYS:
+            self.sums[key] += values[key]
+        self.steps += 1
+        self.images += images
+
+    def pause(self, seconds: float) -> None:
+        """Exclude time spent outside training steps (evaluation, checkpoints)."""
+        self.started += seconds
+
+    def summary(self) -> dict[str, float]:
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        out = {k: v / max(self.steps, 1) for k, v in self.sums.items()}
+        out["images_per_s"] = self.images / elapsed
+        return out
+
+
+def _fmt(value: float) -> str:
+    if value == 0 or math.isnan(value) or math.isinf(value):
+        return f"{value:.3g}"
+    return f"{value:.4f}" if abs(value) >= 1e-3 else f"{value:.2e}"
+
+
+def stats_line(values: dict[str, float], lr: float) -> str:
+    parts = [f"loss {_fmt(values['loss'])}", f"ce {_fmt(values['loss_ce'])}"]
+    if values.get("loss_feature_kd"):
+        parts.append(f"feature_kd {_fmt(values['loss_feature_kd'])}")
+    if values.get("loss_logit_kd"):
+        parts.append(f"logit_kd {_fmt(values['loss_logit_kd'])}")
+    parts.append(f"lr {lr:.2e}")
+    if "images_per_s" in values:
+        parts.append(f"{values['images_per_s']:.0f} img/s")
+    return "  ".join(parts)
+
+
+class TrainProgress:
+    """A rich progress bar over all steps of the run; does nothing when disabled."""
+
+    def __init__(self, enabled: bool, total: int, done: int) -> None:
+        self.enabled = enabled
+        self._bar: Progress | None = None
+        if enabled:
+            self._bar = Progress(
+                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                TimeRemainingColumn(), TextColumn("{task.fields[stats]}"), console=console, transient=False,
+            )
+            self._task = self._bar.add_task("train", total=total, completed=done, stats="")
+
+    def __enter__(self) -> "TrainProgress":
+        if self._bar is not None:
+            self._bar.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+    def update(self, epoch: int, epochs: int, stats: str) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, advance=1, description=f"epoch {epoch + 1}/{epochs}", stats=stats)
+
+    def print(self, message: str) -> None:
+        if self.enabled:
+            console.print(message, highlight=False)

@@ -1,0 +1,226 @@
+"""Everything a run needs before its first step: accelerator, data, models, optimizer, schedule."""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import __version__
+from ..adaptive import AdaptiveNet, restore_copy
+from ..data import ImageData, check_labels, load_image_data
+from ..errors import AdnifyError
+from ..plan import format_pattern, parse_pattern
+from ..recipes import dump_resolved, load_recipe, resolve_lr
+from ..storage import load
+from .inputs import build_mixup, build_transforms, eval_loader, train_loader
+from .modeling import frozen_teacher, head_size, open_model
+from .optim import build_criterion, build_ema, build_optimizer, build_scheduler
+from .rundir import RunDir
+from .state import TrainState
+from .steps import AdnPair, LossConfig
+
+__all__ = ["Session", "make_accelerator", "prepare_session"]
+
+
+@dataclass
+class Session:
+    """A prepared run. ``model`` is what ``accelerator.prepare`` returned (an :class:`AdnPair` for
+    adnify, the static network for ``--baseline``); ``net`` and ``trained`` are the plain modules."""
+
+    accelerator: Any
+    run: RunDir
+    config: dict[str, Any]
+    info: dict[str, Any]
+    data: ImageData
+    net: AdaptiveNet
+    trained: nn.Module
+    model: nn.Module
+    optimizer: Any
+    scheduler: Any
+    total_epochs: int
+    train_loader: Any
+    sampler: Any
+    eval_loader: Any
+    loss: LossConfig
+    criterion: nn.Module
+    mixup: Any = None
+    teacher: nn.Module | None = None
+    ema: Any = None
+    state: TrainState = field(default_factory=TrainState)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def baseline(self) -> str | None:
+        """The pattern of the static network a baseline run trains, else None."""
+        return self.info.get("baseline")
+
+    @property
+    def labels(self) -> bool:
+        return self.config["labels"] != "none"
+
+
+def make_accelerator(config: dict[str, Any], run: RunDir, *, mixed_precision: str, cpu: bool,
+                     log_with: str | None, find_unused: bool) -> Any:
+    """One ``Accelerator`` per run (a stale single-process state from an earlier run is reset)."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    # An earlier run in this process (tests, notebooks), or inherited through fork, may have set up
+    # accelerate's singletons with other settings or another number of processes.
+    if PartialState._shared_state:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if PartialState().num_processes != world:
+            AcceleratorState._reset_state(reset_partial_state=True)
+            GradientState._reset_state()
+        elif world == 1:
+            AcceleratorState._reset_state()
+            GradientState._reset_state()
+    if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        cpu = True  # accelerate sets up several CPU processes (gloo) only when asked for the CPU
+    precision = mixed_precision
+    if precision == "auto":
+        precision = "fp16" if config["amp"] and torch.cuda.is_available() and not cpu else "no"
+    if precision not in ("no", "fp16", "bf16"):
+        raise AdnifyError(f"mixed precision must be auto, no, fp16 or bf16, not {mixed_precision!r}")
+    if precision == "fp16" and (cpu or not torch.cuda.is_available()):
+        raise AdnifyError("fp16 mixed precision needs a CUDA GPU: use --mixed-precision bf16 (or no) on the CPU")
+    return Accelerator(
+        cpu=cpu, mixed_precision=precision, log_with=log_with, project_dir=str(run.path),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused)],
+        step_scheduler_with_optimizer=False,
+    )
+
+
+def load_config(run: RunDir, recipe: str | None, overrides: dict[str, Any], resume: bool) -> dict[str, Any]:
+    """The recipe (resuming: the run's own config.yaml) with the overrides applied."""
+    if resume:
+        if not run.config.is_file():
+            raise AdnifyError(f"cannot resume {run.path}: config.yaml is missing")
+        return load_recipe(str(run.config), overrides)
+    return load_recipe(recipe or "resnet", overrides)
+
+
+def _load_data(info: dict[str, Any], config: dict[str, Any], accelerator: Any) -> ImageData:
+    labels = config["labels"] != "none"
+    with accelerator.main_process_first():
+        data = load_image_data(info["data"], split=info.get("eval_split"), val_split=info.get("val_split", 0.1),
+                               image_column=info.get("image_column"), label_column=info.get("label_column"),
+                               labels=True, seed=config["seed"])
+    if data.train is None:
+        raise AdnifyError(f"{info['data']} has no training split: name the evaluation split with --eval-split, or "
+                          "pass data with a train split")
+    if labels and data.label_column is None:
+        raise AdnifyError(f"{info['data']} has no label column ({', '.join(data.train.column_names)}): name it with "
+                          "--label-column, or train label-free with --labels none")
+    return data
+
+
+def _fit_labels(data: ImageData, net: AdaptiveNet, labels: bool, notes: list[str]) -> None:
+    """Check the labels against the head; label-free runs only use labels that fit for evaluation."""
+    size = head_size(net)
+    if size is None or data.label_column is None:
+        return
+    try:
+        check_labels(data, size)
+    except AdnifyError:
+        if labels:
+            raise
+        data.label_column = None
+        notes.append("the data's labels do not index the model's classes: evaluation reports each sub-network's "
+                     "agreement with the super-net only")
+
+
+def _open_net(source: Any, run: RunDir, resume: bool, config: dict[str, Any], info: dict[str, Any],
+              data: ImageData, notes: list[str]) -> AdaptiveNet:
+    labels = config["labels"] != "none"
+    if resume and run.start.is_dir():
+        if isinstance(source, nn.Module):  # custom modules: the architecture comes from the caller
+            arch = restore_copy(source.model) if isinstance(source, AdaptiveNet) else copy.deepcopy(source)
+            return load(run.start, model=arch)
+        net, _ = open_model(str(run.start), config, {}, num_classes=None, labels=labels)
+        return net
+    net, more = open_model(source, config, info.get("convert_options", {}), num_classes=data.num_classes,
+                           labels=labels)
+    notes.extend(more)
+    return net
+
+
+def prepare_session(
+    source: Any,
+    run: RunDir,
+    config: dict[str, Any],
+    info: dict[str, Any],
+    accelerator: Any,
+    *,
+    resume: bool,
+    force: bool = False,
+) -> Session:
+    """Build data, models, optimizer and schedule, write the run's files, and ``prepare()`` once.
+
+    Nothing is written (or, with ``force``, removed) before the input has been checked.
+    """
+    from accelerate.utils import set_seed
+
+    notes: list[str] = []
+    set_seed(config["seed"])
+    data = _load_data(info, config, accelerator)
+    net = _open_net(source, run, resume, config, info, data, notes)
+    _fit_labels(data, net, config["labels"] != "none", notes)
+    teacher = frozen_teacher(net) if config["labels"] == "none" else None
+    pattern = info.get("baseline")
+    if pattern:
+        try:
+            pattern = info["baseline"] = format_pattern(parse_pattern(pattern, net.num_stages))
+        except ValueError as e:
+            raise AdnifyError(f"--pattern: {e}") from None
+    trained = net.export(pattern) if pattern else net
+    info.update(num_classes=head_size(net), class_names=data.class_names, adnify_version=__version__)
+
+    world = accelerator.num_processes
+    lr = resolve_lr(config, config["batch_size"] * world)
+    info.update(lr=lr, global_batch_size=config["batch_size"] * world, processes=world)
+    transforms = build_transforms(net.model, config)
+    saved_config = config
+    config = {**config, "workers": min(config["workers"], os.cpu_count() or 1)}
+    loader, sampler = train_loader(data, transforms.train, config, world)
+    evaluation = eval_loader(data, transforms.eval, config)
+    classes = head_size(net) or data.num_classes or 0
+    mixup = build_mixup(config, classes)
+    criterion = build_criterion(config, mixup is not None)
+    optimizer = build_optimizer(trained, config, lr)
+
+    # Input checked: only now does the run directory get its files (and, with --force, lose the old ones).
+    if accelerator.is_main_process:
+        if force and not resume:
+            run.clear()
+        dump_resolved(saved_config, run.config)  # on resume too: overrides given then are recorded
+        if not resume:
+            net.save(str(run.start), force=True)
+        run.write_run(info)
+        run.remove_stale()
+    accelerator.wait_for_everyone()
+
+    module = trained if pattern else AdnPair(net)
+    model, optimizer, loader = accelerator.prepare(module, optimizer, loader)  # evaluate_patterns shards `evaluation`
+    if teacher is not None:
+        teacher.to(accelerator.device)
+    scheduler, total_epochs = build_scheduler(optimizer, config, len(loader))
+    ema = build_ema(trained, config, accelerator.device)
+    state = TrainState()
+    # timm's schedulers are a function of the recipe and the update count, so the scheduler is not
+    # checkpointed: resuming sets it from the step (which also honours a changed schedule, e.g. more epochs).
+    accelerator.register_for_checkpointing(state)
+    if ema is not None:
+        accelerator.register_for_checkpointing(ema)
+    return Session(
+        accelerator=accelerator, run=run, config=config, info=info, data=data, net=net, trained=trained,
+        model=model, optimizer=optimizer, scheduler=scheduler, total_epochs=total_epochs, train_loader=loader,
+        sampler=sampler, eval_loader=evaluation, loss=LossConfig.from_config(config, net), criterion=criterion,
+        mixup=mixup, teacher=teacher, ema=ema, state=state, notes=notes,
+    )

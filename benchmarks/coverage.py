@@ -1,0 +1,317 @@
+"""Which timm families adnify converts: one small model per family, written to docs/coverage.md.
+
+A family is the ``timm.models`` module a model is registered in (``resnet``, ``vision_transformer``...).
+Each family's model with the fewest parameters (counted on the meta device, no memory spent) is
+converted with random weights in a subprocess with a time limit, at a small input when the model
+takes one. timm's ``test_*`` models have one block per stage by design, and the smallest
+variants of some families too (``resnet10t``): when a model has nothing adaptive for that reason,
+the next smallest is tried (four models at most), and the row says so.
+
+Usage::
+
+    python benchmarks/coverage.py                       # all families -> docs/coverage.md
+    python benchmarks/coverage.py --families resnet vit --out /tmp/cov.md --timeout 120 --jobs 2
+    python benchmarks/coverage.py --families efficientnet --timeout 600 --merge rows.json --json rows.json
+    python benchmarks/coverage.py --one resnet18        # one model, a JSON line (used internally)
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as futures
+import copy
+import datetime
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = 64  # side of the small input tried first
+# Big variants are never the smallest of their family: skip counting their parameters.
+_BIG = re.compile(r"(large|huge|giant|gigantic|enormous|_xl|xlarge|_l\d|_h\d|_g\d|_e\d|_448|_512|_518|_560|_384)")
+
+
+# --- one model (runs in a subprocess) ------------------------------------------------------------
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _attempts(default: tuple[int, ...]) -> list[tuple[dict[str, Any], tuple[int, ...]]]:
+    """(timm keyword arguments, input size) to try, smallest first."""
+    small = (3, SMALL, SMALL)
+    out = [({"img_size": SMALL}, small), ({}, small)]
+    if tuple(default) != small:
+        out.append(({}, tuple(default)))
+    return out
+
+
+def check_one(name: str) -> dict[str, Any]:
+    """Convert ``name`` and check the super-net against the original; a JSON-able result."""
+    import timm
+    import torch
+
+    import adnify
+    from adnify.analysis import default_input_size
+    from adnify.costs import pattern_costs
+
+    torch.set_num_threads(1)
+    cfg_size = tuple(timm.get_pretrained_cfg(name).input_size) if timm.get_pretrained_cfg(name) else (3, 224, 224)
+    last_error = ""
+    for kwargs, size in _attempts(cfg_size):
+        torch.manual_seed(0)
+        try:
+            model = timm.create_model(name, **kwargs).eval()
+        except TypeError as e:  # the model takes no img_size
+            last_error = f"{type(e).__name__}: {e}"
+            continue
+        except Exception as e:
+            if kwargs:
+                last_error = f"{type(e).__name__}: {e}"
+                continue
+            return {"status": "error", "message": _one_line(f"create_model failed: {type(e).__name__}: {e}")}
+        if not kwargs and size != (3, SMALL, SMALL):
+            size = default_input_size(model)
+        original = copy.deepcopy(model)
+        x = torch.randn(1, *size)
+        try:
+            with torch.no_grad():
+                reference = original(x)
+        except Exception as e:
+            last_error = f"forward on {size}: {type(e).__name__}: {e}"
+            continue
+        try:
+            net = adnify.convert(model, input_size=size).eval()
+        except adnify.AdnifyError as e:
+            message = str(e)
+            if message.startswith("a forward pass"):
+                last_error = message
+                continue
+            status = "trace" if "could not trace" in message else "n/a"
+            return {"status": status, "message": _one_line(message), "input": list(size), "kwargs": kwargs}
+        except Exception as e:
+            return {"status": "error", "message": _one_line(f"convert failed: {type(e).__name__}: {e}"),
+                    "input": list(size), "kwargs": kwargs}
+        try:
+            with torch.no_grad():
+                out = net(x)
+                diff = (out - reference).abs().max().item() if isinstance(out, torch.Tensor) else float("nan")
+                net(x, skip="base")
+            # torch's FlopCounterMode trips over parameter views made under no_grad (CaiT's class
+            # token): count with gradients off on the parameters.
+            for p in net.parameters():
+                p.requires_grad_(False)
+            sup, base = pattern_costs(net, ["super", "base"], input_size=size)
+        except Exception as e:
+            return {"status": "error", "message": _one_line(f"converted, but a check failed: {type(e).__name__}: {e}"),
+                    "input": list(size), "kwargs": kwargs}
+        stages = [f"{s.name} ({len(s.mandatory)}+{len(s.skippable)})" for s in net.plan.stages]
+        return {
+            "status": "converted", "stages": net.num_stages, "stage_names": stages, "isotropic": net.plan.isotropic,
+            "super_gmacs": sup.gmacs, "base_gmacs": base.gmacs, "max_diff": diff,
+            "norms": sum(len(s.norms) for s in net.plan.stages), "input": list(size), "kwargs": kwargs,
+        }
+    return {"status": "error", "message": _one_line(f"no input size worked: {last_error}")}
+
+
+# --- the families -------------------------------------------------------------------------------------
+
+
+def families() -> dict[str, list[str]]:
+    """timm module -> its model names."""
+    import timm
+    from timm.models import _registry
+
+    out: dict[str, list[str]] = {}
+    for name in timm.list_models():
+        out.setdefault(_registry._model_to_module.get(name, "?"), []).append(name)
+    return dict(sorted(out.items()))
+
+
+def count_params(name: str) -> int | None:
+    """Parameters of ``name``, built on the meta device (no memory, no initialisation cost)."""
+    import timm
+    import torch
+
+    try:
+        with torch.device("meta"):
+            model = timm.create_model(name)
+        return sum(p.numel() for p in model.parameters())
+    except Exception:
+        return None
+
+
+def by_size(names: list[str]) -> list[tuple[str, int | None]]:
+    """The family's models, fewest parameters first (big variants not counted)."""
+    small = [n for n in names if not _BIG.search(n)] or names
+    counted = [(n, count_params(n)) for n in small]
+    return sorted(counted, key=lambda t: (t[1] is None, t[1] or 0, t[0]))
+
+
+def run_one(name: str, timeout: float) -> dict[str, Any]:
+    """``check_one`` in a subprocess with a time limit."""
+    start = time.time()
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    try:
+        proc = subprocess.run([sys.executable, __file__, "--one", name], capture_output=True, text=True,
+                              timeout=timeout, cwd=ROOT, env=env)
+    except subprocess.TimeoutExpired:
+        return {"status": "timeout", "message": f"over the {timeout:.0f} s limit", "seconds": timeout}
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        result = {"status": "error", "message": _one_line(f"exit {proc.returncode}: {tail}")}
+    else:
+        result = json.loads(lines[-1])
+    result["seconds"] = round(time.time() - start, 1)
+    return result
+
+
+def _too_shallow(name: str, result: dict[str, Any]) -> bool:
+    """Nothing adaptive: maybe this variant's depth (one block per stage), not the family's design."""
+    return result["status"] == "n/a" and result.get("message", "").startswith("nothing to adapt")
+
+
+def cover_family(family: str, names: list[str], timeout: float, tries: int = 4) -> dict[str, Any]:
+    """The family's smallest model; a deeper one when the smallest has one block per stage."""
+    ranked = by_size(names)
+    # after the smallest, regular models only: timm's test_* models are all one block per stage
+    ranked = ranked[:1] + [(n, p) for n, p in ranked[1:] if not n.startswith("test_")]
+    rows: list[dict[str, Any]] = []
+    for name, params in ranked[:tries]:
+        result = run_one(name, timeout)
+        rows.append({"family": family, "model": name, "params": params, "models": len(names), **result})
+        if not _too_shallow(name, result):
+            break
+    if len(rows) == 1:
+        return rows[0]
+    if _too_shallow(rows[-1]["model"], rows[-1]):  # nothing adaptive in any: report the smallest
+        return {**rows[0], "note": f"also tried {', '.join(r['model'] for r in rows[1:])}"}
+    return {**rows[-1], "note": f"smaller {', '.join(r['model'] for r in rows[:-1])}: nothing adaptive"}
+
+
+# --- the report ----------------------------------------------------------------------------------------
+
+
+def _result_text(row: dict[str, Any]) -> str:
+    status = row["status"]
+    if status == "converted":
+        text = (f"converted: {row['stages']} stage{'s' if row['stages'] != 1 else ''}"
+                f"{' (isotropic, grouped)' if row.get('isotropic') else ''}, "
+                f"{row['super_gmacs']:.4f} / {row['base_gmacs']:.4f} GMACs super/base, "
+                f"max\\|diff\\| {row['max_diff']:.1e}")
+    elif status == "n/a":
+        text = f"not applicable: {row['message']}"
+    elif status == "trace":
+        text = f"not applicable (trace): {row['message']}"
+    elif status == "timeout":
+        text = f"timeout: {row['message']}"
+    else:
+        text = f"error: {row['message']}"
+    if row.get("note"):
+        text += f" ({row['note']})"
+    return text.replace("|", "\\|").replace("\\\\|", "\\|")
+
+
+def summary(rows: list[dict[str, Any]]) -> dict[str, int]:
+    keys = {"converted": "converted", "n/a": "not applicable", "trace": "trace failed", "timeout": "timeout",
+            "error": "error"}
+    counts = {v: 0 for v in keys.values()}
+    for row in rows:
+        counts[keys.get(row["status"], "error")] += 1
+    return counts
+
+
+def write_markdown(rows: list[dict[str, Any]], path: Path, *, timeout: float) -> None:
+    import timm
+    import torch
+
+    counts = summary(rows)
+    lines = [
+        "# Coverage of timm families",
+        "",
+        f"Generated by `python benchmarks/coverage.py` on {datetime.date.today().isoformat()} "
+        f"(timm {timm.__version__}, torch {torch.__version__}, {platform.machine()} CPU, one thread per model, "
+        f"{timeout:.0f} s limit per model).",
+        "",
+        "One model per family (the `timm.models` module it is registered in): the one with the fewest",
+        "parameters. timm's `test_*` models and some small variants have one block per stage: when the",
+        "smallest has nothing adaptive, the next smallest is tried (four at most), as the row notes.",
+        "Random weights, eval mode, fp32, batch 1, a 64x64 input when the model takes one (`img_size=64`",
+        "for ViT-like models), else its default input size.",
+        "",
+        "- **converted**: number of adaptive stages (`mandatory+skippable` blocks per stage in the",
+        "  `stages` column); super-net / base-net MACs (FLOPs / 2, `adnify.costs.pattern_costs`) at the",
+        "  input shown, so rows are not comparable with each other; max\\|diff\\| = largest absolute",
+        "  difference between the super-net and the original model.",
+        "- **not applicable**: the one-line `AdnifyError` (nothing adaptive, or torch.fx cannot trace).",
+        "",
+        "Summary: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v or k in ("converted", "not applicable"))
+        + f" ({len(rows)} families).",
+        "",
+        "| family | model | params (M) | input | result | stages |",
+        "| --- | --- | ---: | --- | --- | --- |",
+    ]
+    for row in rows:
+        params = f"{row['params'] / 1e6:.1f}" if row.get("params") else "?"
+        size = "x".join(str(s) for s in row.get("input", [])[1:]) or "-"
+        stages = ", ".join(row.get("stage_names", [])).replace("|", "\\|")
+        lines.append(f"| {row['family']} | `{row['model']}` | {params} | {size} | {_result_text(row)} | {stages} |")
+    lines.append("")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--one", help="check one model and print a JSON line")
+    parser.add_argument("--families", nargs="*", help="only these families (timm module names)")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "coverage.md")
+    parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    parser.add_argument("--merge", type=Path, help="rows of an earlier run (--json); families run now replace theirs")
+    parser.add_argument("--timeout", type=float, default=180.0, help="seconds per model")
+    parser.add_argument("--jobs", type=int, default=2, help="models checked at once")
+    args = parser.parse_args(argv)
+
+    if args.one:
+        print(json.dumps(check_one(args.one)), flush=True)
+        return 0
+
+    start = time.time()
+    fams = families()
+    if args.families:
+        unknown = sorted(set(args.families) - set(fams))
+        if unknown:
+            parser.error(f"unknown families {unknown}; known: {', '.join(fams)}")
+        fams = {k: v for k, v in fams.items() if k in args.families}
+    rows: list[dict[str, Any]] = []
+    with futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        jobs = {pool.submit(cover_family, fam, names, args.timeout): fam for fam, names in fams.items()}
+        for job in futures.as_completed(jobs):
+            row = job.result()
+            rows.append(row)
+            print(f"[{len(rows)}/{len(fams)}] {row['family']}: {row['model']} -> {_result_text(row)} "
+                  f"({row.get('seconds', 0)} s)", flush=True)
+    if args.merge:
+        done = {r["family"] for r in rows}
+        rows += [r for r in json.loads(args.merge.read_text()) if r["family"] not in done]
+    rows.sort(key=lambda r: r["family"])
+    write_markdown(rows, args.out, timeout=args.timeout)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1) + "\n")
+    counts = summary(rows)
+    print(f"{len(rows)} families: " + ", ".join(f"{v} {k}" for k, v in counts.items())
+          + f" -> {args.out} ({(time.time() - start) / 60:.0f} min)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,327 @@
+"""``adnify train`` end to end on a tiny ResNet and a few dozen real digits: run directory, metrics,
+checkpoints, exact resumption, Ctrl-C, NaN, ablations, baselines, label-free runs and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+import huggingface_hub.constants
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+import adnify
+from adnify.cli import app
+from adnify.data import load_image_data
+from adnify.errors import AdnifyError
+from adnify.train import train
+
+runner = CliRunner()
+TINY = dict(channels=(8, 16, 32, 64), stem_width=8, num_classes=10, zero_init_last=False)  # every branch live
+# 48 training images in batches of 8: 6 steps per epoch.
+FAST = dict(epochs=1, batch_size=8, lr=0.02, workers=0, input_size=(3, 32, 32), log_interval=1,
+            warmup_epochs=0, amp=False)
+
+
+@pytest.fixture(autouse=True)
+def one_thread_offline(tmp_path_factory, monkeypatch):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small convolutions on a shared CPU are fastest on one thread
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path_factory.mktemp("hf-cache"))
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory) -> Path:
+    """A save_to_disk folder: 48 training and 16 validation digits (real images, 10 classes)."""
+    data = load_image_data("builtin:digits")
+    path = tmp_path_factory.mktemp("data") / "digits"
+    datasets.DatasetDict(train=data.train.select(range(48)), validation=data.validation.select(range(16))) \
+        .save_to_disk(str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("models") / "tiny-adn"
+    adnify.convert("resnet18", **TINY).save(str(path))
+    return path
+
+
+def run(model_dir, digits, out, **kwargs):
+    overrides = {**FAST, **kwargs.pop("overrides", {})}
+    return train(str(model_dir), data=str(digits), output=out, recipe="resnet", overrides=overrides,
+                 progress=False, **kwargs)
+
+
+def records(run_dir, kind):
+    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == kind]
+
+
+def weights(path) -> dict[str, torch.Tensor]:
+    return load_file(str(Path(path) / "model.safetensors"))
+
+
+def invoke(*args):
+    return runner.invoke(app, ["train", *map(str, args)])
+
+
+def error_of(result) -> str:
+    assert result.exit_code != 0
+    assert isinstance(result.exception, AdnifyError), result.exception
+    return str(result.exception)
+
+
+# --- a run and what it leaves behind ------------------------------------------------------------
+
+
+def test_cli_run_writes_config_metrics_checkpoints_and_a_loadable_model(model_dir, digits, tmp_path):
+    out = tmp_path / "run"
+    result = invoke(model_dir, "--data", digits, "-o", out, "--recipe", "resnet", "--epochs", "2", "--batch-size", "8",
+                    "--lr", "0.02", "--input-size", "3,32,32", "--set", "workers=0", "--set", "log_interval=2",
+                    "--set", "keep_checkpoints=2", "--set", "checkpoint_every_steps=4", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "final" in result.output
+    config = (out / "config.yaml").read_text()
+    assert "epochs: 2" in config and "batch_size: 8" in config
+    steps = records(out, "train")
+    assert [r["step"] for r in steps] == [2, 4, 6, 8, 10, 12]
+    for key in ("epoch", "loss", "loss_ce", "loss_feature_kd", "loss_logit_kd", "lr", "images_per_s"):
+        assert all(isinstance(r[key], (int, float)) for r in steps), key
+    evals = records(out, "eval")
+    assert [e["epoch"] for e in evals] == [1, 2]
+    assert set(evals[-1]["acc1"]) == {"FFFF", "TTTT"}
+    # every epoch and every 4 steps, the last 2 kept; no temporary folders left
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_000008", "step_000012"]
+    net = adnify.load(out)
+    assert net.num_stages == 4
+    assert torch.equal(net.state_dict()["model.fc.weight"], weights(out / "final")["fc.weight"])
+    info = json.loads((out / "run.json").read_text())
+    assert info["data"] == str(digits) and info["global_batch_size"] == 8
+
+
+def test_existing_run_directory_needs_resume_or_force(model_dir, digits, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    assert "--resume" in error_of(invoke(model_dir, "--data", digits, "-o", out))
+    assert (out / "keep.txt").exists()
+    assert "not a training run" in error_of(invoke(out, "--resume"))
+    with pytest.raises(AdnifyError):  # bad input with --force: the old content is not lost
+        run(model_dir, digits, out, force=True, overrides=dict(batch_size=500))
+    assert (out / "keep.txt").exists()
+    run(model_dir, digits, out, force=True, max_steps=1)
+    assert not (out / "keep.txt").exists() and (out / "final").is_dir()
+
+
+# --- resumption --------------------------------------------------------------------------------
+
+
+def test_resume_ends_at_the_same_weights_as_an_uninterrupted_run(model_dir, digits, tmp_path):
+    """Mid-epoch interruption; mixup, drop-path and EMA all draw random numbers."""
+    extra = dict(epochs=2, mixup=0.4, drop_path=0.1, model_ema=True, model_ema_decay=0.9, checkpoint_every_steps=2)
+    whole = run(model_dir, digits, tmp_path / "whole", overrides=extra)
+    part = run(model_dir, digits, tmp_path / "part", overrides=extra, max_steps=3)
+    assert (part.status, part.step) == ("stopped", 3)
+    resumed = train(str(tmp_path / "part"), resume=True, progress=False)
+    assert (whole.status, resumed.status, resumed.step) == ("completed", "completed", 12)
+    for final in ("final", "final_ema"):
+        a, b = weights(tmp_path / "whole" / final), weights(tmp_path / "part" / final)
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), final
+    losses = [[r["loss"] for r in records(tmp_path / name, "train")] for name in ("whole", "part")]
+    assert losses[0] == losses[1]  # the records after the checkpoint were redone, not duplicated
+    assert records(tmp_path / "whole", "eval") == records(tmp_path / "part", "eval")
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(model_dir, digits, tmp_path):
+    def press_ctrl_c(info):
+        if info.step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    out = tmp_path / "run"
+    result = run(model_dir, digits, out, callbacks=[press_ctrl_c])
+    assert (result.status, result.step) == ("interrupted", 2)
+    assert (out / "checkpoints" / "step_000002").is_dir() and not (out / "final").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert train(str(out), resume=True, progress=False).step == 6
+
+
+def test_a_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(model_dir, digits, tmp_path):
+    def poison(info):
+        if info.step == 3:
+            with torch.no_grad():
+                info.session.net.model.fc.weight.fill_(float("nan"))
+
+    out = tmp_path / "run"
+    with pytest.raises(AdnifyError, match=r"at step 4 .*step_000003"):
+        run(model_dir, digits, out, overrides=dict(checkpoint_every_steps=1, keep_checkpoints=2), callbacks=[poison])
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_000002", "step_000003"]
+    assert not (out / "final").exists()
+
+
+# --- losses, ablations, baselines ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overrides, feature, logit", [
+    ({}, True, True),
+    ({"order": "sequential"}, True, True),
+    ({"feature_kd": False}, False, True),
+    ({"distill": False}, False, False),
+], ids=["paper", "sequential", "no-feature-kd", "no-distill"])
+def test_loss_parts_follow_the_ablation(model_dir, digits, tmp_path, overrides, feature, logit):
+    run(model_dir, digits, tmp_path / "run", overrides=overrides, max_steps=2)
+    first = records(tmp_path / "run", "train")[0]
+    assert (first["loss_feature_kd"] > 0) == feature and (first["loss_logit_kd"] > 0) == logit
+
+
+def test_shared_norms_ablation_trains_a_network_without_norm_copies(model_dir, digits, tmp_path):
+    result = invoke(model_dir, "--data", digits, "-o", tmp_path / "run", "--shared-norms", "--max-steps", "1",
+                    *_fast_cli())
+    assert result.exit_code == 0, result.output
+    net = adnify.load(tmp_path / "run")
+    assert net.shared_norms and not any("skip_copy" in k for k in weights(tmp_path / "run" / "final"))
+
+
+def _fast_cli():
+    return ["--batch-size", "8", "--input-size", "3,32,32", "--lr", "0.02", "--set", "workers=0", "--quiet"]
+
+
+@pytest.mark.parametrize("pattern", [None, "TTTT"])
+def test_baseline_trains_the_plain_or_static_network_with_plain_ce(model_dir, digits, tmp_path, pattern):
+    out = tmp_path / "run"
+    run(model_dir, digits, out, baseline=True, pattern=pattern)
+    expected = pattern or "FFFF"
+    assert set(records(out, "eval")[-1]["acc1"]) == {expected}
+    assert all(r["loss_feature_kd"] == 0 and r["loss_logit_kd"] == 0 for r in records(out, "train"))
+    assert json.loads((out / "run.json").read_text())["baseline"] == expected
+    net = adnify.load(out)  # the trained network, as that sub-network of an adaptive model
+    start = adnify.load(out / "start")
+    skipped = {n for s in net.plan.stages for n in s.skippable}
+    changed = {k for k, v in net.state_dict().items() if not torch.equal(v, start.state_dict()[k])}
+    trained_skippable = any(k.startswith(f"model.{b}.") for k in changed for b in skipped)
+    assert trained_skippable == (pattern is None)
+
+
+def test_pattern_without_baseline_is_an_error(model_dir, digits, tmp_path):
+    with pytest.raises(AdnifyError, match="--baseline"):
+        run(model_dir, digits, tmp_path / "run", pattern="TTTT")
+
+
+def test_label_free_run_distils_from_the_frozen_original(model_dir, digits, tmp_path):
+    """With frozen BatchNorm statistics the super-net starts equal to its teacher: KL = 0 at step 1."""
+    out = tmp_path / "run"
+    run(model_dir, digits, out, overrides=dict(labels="none", freeze_bn_stats=True), max_steps=3)
+    steps = records(out, "train")
+    assert steps[0]["loss_ce"] == pytest.approx(0.0, abs=1e-6)
+    assert steps[-1]["loss_ce"] > 0
+    assert torch.equal(weights(out / "start")["fc.weight"], weights(model_dir)["fc.weight"])
+
+
+def test_timm_name_is_converted_on_the_fly_with_a_head_for_the_data(digits, tmp_path):
+    out = tmp_path / "run"
+    train("resnet18", data=str(digits), output=out, recipe="resnet", overrides=FAST, max_steps=1, progress=False,
+          convert_options=dict(channels=(8, 16, 32, 64), stem_width=8))
+    assert adnify.load(out).model.num_classes == 10
+
+
+def test_bf16_mixed_precision_on_the_cpu_only_when_asked(model_dir, digits, tmp_path):
+    run(model_dir, digits, tmp_path / "run", mixed_precision="bf16", max_steps=2)
+    assert all(r["loss"] > 0 for r in records(tmp_path / "run", "train"))
+    if not torch.cuda.is_available():
+        with pytest.raises(AdnifyError, match="fp16 mixed precision needs a CUDA GPU"):
+            run(model_dir, digits, tmp_path / "run2", mixed_precision="fp16")
+
+
+def test_tensorboard_logging(model_dir, digits, tmp_path):
+    run(model_dir, digits, tmp_path / "run", log_with="tensorboard", max_steps=2)
+    assert list((tmp_path / "run").rglob("events.out.tfevents*"))
+
+
+# --- bad input ----------------------------------------------------------------------------------
+
+
+def test_unknown_recipe_key_lists_the_valid_keys(model_dir, digits, tmp_path):
+    message = error_of(invoke(model_dir, "--data", digits, "-o", tmp_path / "run", "--set", "warmup_epoch=3"))
+    assert "warmup_epochs" in message and "valid keys" in message
+    assert not (tmp_path / "run").exists()
+
+
+def test_labels_outside_the_head_are_refused(digits, tmp_path):
+    torch.manual_seed(0)
+    small = tmp_path / "five-classes"
+    adnify.convert("resnet18", **{**TINY, "num_classes": 5}).save(str(small))
+    with pytest.raises(AdnifyError, match="does not fit a head of 5 classes"):
+        run(small, digits, tmp_path / "run")
+
+
+def test_empty_and_unlabelled_data_and_missing_columns(model_dir, tmp_path):
+    empty = tmp_path / "empty"
+    features = datasets.Features(image=datasets.Image(), label=datasets.ClassLabel(names=["a", "b"]))
+    datasets.Dataset.from_dict({"image": [], "label": []}, features=features).save_to_disk(str(empty))
+    with pytest.raises(AdnifyError, match="no examples"):
+        run(model_dir, empty, tmp_path / "r1")
+    data = load_image_data("builtin:digits")
+    unlabelled = tmp_path / "unlabelled"
+    data.train.select(range(24)).remove_columns("label").save_to_disk(str(unlabelled))
+    with pytest.raises(AdnifyError, match="--labels none"):
+        run(model_dir, unlabelled, tmp_path / "r2")
+    with pytest.raises(AdnifyError, match="no label column 'nope'"):
+        run(model_dir, unlabelled, tmp_path / "r3", label_column="nope")
+    with pytest.raises(AdnifyError, match="fewer than one global batch"):
+        run(model_dir, unlabelled, tmp_path / "r4", overrides=dict(labels="none", batch_size=64))
+    assert not any((tmp_path / f"r{i}").exists() and any((tmp_path / f"r{i}").iterdir()) for i in range(1, 5))
+
+
+# --- other commands -----------------------------------------------------------------------------
+
+
+def test_recipes_command_lists_every_recipe_with_a_summary():
+    result = runner.invoke(app, ["recipes"])
+    assert result.exit_code == 0
+    for name in ("deit", "resnet", "mobilenet", "swin", "vit", "finetune"):
+        assert name in result.output
+    shown = runner.invoke(app, ["recipes", "finetune"])
+    assert shown.exit_code == 0 and "freeze_bn_stats" in shown.output
+
+
+def test_python_dash_m_adnify_train_works_for_accelerate_launch():
+    result = subprocess.run([sys.executable, "-m", "adnify", "train", "--help"], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0 and "--resume" in result.stdout
+
+
+@pytest.mark.slow
+def test_two_process_run_checkpoints_and_finishes(model_dir, digits, tmp_path):
+    """The whole loop under DDP, launched as a user would (torchrun = accelerate's multi-process launch)."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "adnify",
+           "train", str(model_dir), "--data", str(digits), "-o", str(out), "--order", "sequential",
+           "--set", "checkpoint_every_steps=2", *_fast_cli(), "--epochs", "2", "--set", "log_interval=1"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [r["step"] for r in records(out, "train")] == [1, 2, 3, 4, 5, 6]  # global batch 16: 3 steps an epoch
+    assert sorted(p.name for p in (out / "checkpoints" / "step_000006").glob("random_states_*")) == [
+        "random_states_0.pkl", "random_states_1.pkl"]
+    assert adnify.load(out).num_stages == 4
+
+
+@pytest.mark.slow
+def test_demo_runs_the_whole_pipeline(tmp_path):
+    from adnify.train.demo import run_demo
+
+    rows = run_demo(tmp_path / "demo", epochs=1, image_size=32, progress=False)
+    assert len(rows) == 2 ** adnify.load(tmp_path / "demo").num_stages
+    assert all(r["acc1"] is not None for r in rows)

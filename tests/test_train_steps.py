@@ -1,0 +1,161 @@
+"""One training step of Algorithm 1: both orders, gradients, drop-path and frozen statistics."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from accelerate import Accelerator
+
+import adnify
+from adnify.train.modeling import baseline_into_net, frozen_teacher, with_shared_norms
+from adnify.train.steps import AdnPair, LossConfig, adn_step, drop_path_off, freeze_bn_stats, plain_step
+
+TINY = dict(num_classes=10, channels=(8, 16, 32, 64), stem_width=8, zero_init_last=False)  # every branch live
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small convolutions on a shared CPU are fastest (and deterministic) on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_net():
+    torch.manual_seed(0)
+    return adnify.convert("resnet18", drop_path_rate=0.2, **TINY)
+
+
+@pytest.fixture(scope="module")
+def accelerator():
+    return Accelerator(cpu=True)
+
+
+def batch(n: int = 8, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def config(**changes):
+    cfg = dict(alpha=0.5, temperature=1.0, distill=True, feature_kd=True, logit_kd=True, kd_weight_features=1.0)
+    cfg.update(changes)
+    return cfg
+
+
+def grads_after_step(net, accelerator, order, *, teacher=None, seed=0, **changes):
+    """Gradients of one adn_step on a fresh copy of ``net`` (same RNG state for drop-path)."""
+    net = copy.deepcopy(net)
+    pair = AdnPair(net).train()
+    x, y = batch()
+    teacher_logits = teacher(x) if teacher is not None else None
+    torch.manual_seed(seed)
+    parts = adn_step(accelerator, pair, x, None if teacher is not None else y,
+                     LossConfig.from_config(config(**changes), net), order=order, teacher_logits=teacher_logits)
+    return {n: p.grad for n, p in net.named_parameters()}, parts
+
+
+@pytest.mark.parametrize("changes", [{}, {"distill": False}, {"feature_kd": False}, {"alpha": 0.3, "temperature": 2.0}],
+                         ids=["paper", "no-distill", "logits-only", "alpha-T"])
+def test_joint_and_sequential_orders_give_the_same_gradients(tiny_net, accelerator, changes):
+    joint, parts_j = grads_after_step(tiny_net, accelerator, "joint", **changes)
+    seq, parts_s = grads_after_step(tiny_net, accelerator, "sequential", **changes)
+    assert joint.keys() == seq.keys()
+    for name in joint:
+        assert (joint[name] is None) == (seq[name] is None), name
+        if joint[name] is not None:
+            torch.testing.assert_close(seq[name], joint[name], rtol=1e-4, atol=1e-6, msg=name)
+    for field in ("total", "ce", "feature_kd", "logit_kd"):
+        torch.testing.assert_close(getattr(parts_s, field).detach(), getattr(parts_j, field).detach(), rtol=1e-5,
+                                   atol=1e-6)
+
+
+def test_label_free_orders_agree_and_use_the_teacher(tiny_net, accelerator):
+    teacher = frozen_teacher(tiny_net)
+    joint, parts = grads_after_step(tiny_net, accelerator, "joint", teacher=teacher)
+    seq, _ = grads_after_step(tiny_net, accelerator, "sequential", teacher=teacher)
+    for name in joint:
+        torch.testing.assert_close(seq[name], joint[name], rtol=1e-4, atol=1e-6, msg=name)
+    assert not any(p.requires_grad for p in teacher.parameters())
+    assert parts.ce >= 0  # KL(y_teacher || y_super) replaces CE
+
+
+def test_every_parameter_that_takes_part_gets_a_gradient_both_norm_copies_included(tiny_net, accelerator):
+    grads, _ = grads_after_step(tiny_net, accelerator, "joint")
+    missing = [n for n, g in grads.items() if g is None or not g.abs().sum() > 0]
+    assert not missing
+    twins = [n for n in grads if ".skip_copy." in n]
+    assert twins and all(f"{n.replace('.skip_copy', '')}" in grads for n in twins)  # copy A and copy B
+
+
+def test_shared_norms_have_no_second_copy_and_still_all_train(tiny_net, accelerator):
+    shared = with_shared_norms(tiny_net)
+    grads, _ = grads_after_step(shared, accelerator, "sequential")
+    assert not any(".skip_copy." in n for n in grads)
+    assert all(g is not None for g in grads.values())
+
+
+def test_teacher_side_is_detached(tiny_net, accelerator):
+    """With alpha = 0 only the distillation terms remain: blocks only the super-net runs get no gradient."""
+    grads, _ = grads_after_step(tiny_net, accelerator, "joint", alpha=0.0)
+    skippable = {n for s in tiny_net.plan.stages for n in s.skippable}
+    only_super = [n for n in grads if any(n.startswith(f"model.{b}.") for b in skippable)]
+    assert only_super
+    assert all(grads[n] is None or grads[n].abs().max() == 0 for n in only_super)
+
+
+def test_drop_path_is_off_on_the_base_pass_and_restored(tiny_net):
+    net = copy.deepcopy(tiny_net)
+    pair = AdnPair(net).train()
+    freeze_bn_stats(pair)  # batch statistics aside, only drop-path is random
+    rates = [m.drop_prob for m in pair._drop_paths]
+    assert rates and max(rates) > 0
+    x, _ = batch()
+    with torch.no_grad():
+        base = [pair(x, "base")[0] for _ in range(2)]
+        sup = [pair(x, "super")[0] for _ in range(2)]
+    torch.testing.assert_close(base[0], base[1])
+    assert not torch.allclose(sup[0], sup[1])
+    assert [m.drop_prob for m in pair._drop_paths] == rates
+    with drop_path_off(pair._drop_paths):
+        assert all(m.drop_prob == 0 for m in pair._drop_paths)
+
+
+def test_freeze_bn_stats_keeps_running_statistics(tiny_net, accelerator):
+    net = copy.deepcopy(tiny_net)
+    pair = AdnPair(net).train()
+    assert freeze_bn_stats(pair) > 0
+    before = {k: v.clone() for k, v in net.state_dict().items() if "running" in k}
+    x, y = batch()
+    adn_step(accelerator, pair, x, y, LossConfig.from_config(config(), net))
+    after = net.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_plain_step_is_cross_entropy_or_kl_to_a_teacher(tiny_net, accelerator):
+    static = tiny_net.export("TTTT").train()
+    freeze_bn_stats(static)
+    x, y = batch()
+    torch.manual_seed(0)  # same drop-path draws
+    parts = plain_step(accelerator, static, x, y)
+    torch.manual_seed(0)
+    torch.testing.assert_close(parts.total.detach(), torch.nn.functional.cross_entropy(static(x), y).detach(),
+                               rtol=1e-4, atol=1e-5)
+    static.eval()
+    same = plain_step(accelerator, static, x, None, teacher_logits=static(x).detach())
+    assert float(same.total.detach()) == pytest.approx(0.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("pattern", ["FFFF", "TTTT", "TFTF"])
+def test_a_trained_static_network_maps_back_into_its_adaptive_pattern(tiny_net, pattern):
+    static = tiny_net.export(pattern)
+    with torch.no_grad():
+        for p in static.parameters():
+            p.add_(torch.randn_like(p) * 0.01)  # "training"
+    back = baseline_into_net(tiny_net, static, pattern).eval()
+    x, _ = batch()
+    with torch.no_grad():
+        torch.testing.assert_close(back(x, skip=pattern), static.eval()(x))
