@@ -208,8 +208,14 @@ def _probe(model: nn.Module, children: dict[str, list[str]], input_size: Sequenc
     for name in owner:
         handles.append(modules[name].register_forward_hook(hook(name)))
     try:
-        with torch.no_grad():
-            model(torch.randn(1, *input_size))
+        # One thread: a batch-1 pass gains little from two, and loses much on a busy machine.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with torch.no_grad():
+                model(torch.randn(1, *input_size))
+        finally:
+            torch.set_num_threads(threads)
     except Exception as e:
         raise AdnifyError(
             f"a forward pass of {type(model).__name__} on a {tuple(input_size)} input failed: "
@@ -453,7 +459,7 @@ def _plan_stages(
         bounds = [round(i * len(seg) / n) for i in range(n + 1)]
         units = [(seg[a:b], None) for a, b in zip(bounds, bounds[1:])]
     else:
-        units = [(seg, _stage_root(seg, modules)) for seg in candidates]
+        units = [(seg, _stage_root(seg, modules) or None) for seg in candidates]  # the model itself is no root
 
     owner = {child: key for key, names in children.items() for child in names}
     order = {node: i for i, node in enumerate(graph.nodes)}
@@ -539,7 +545,9 @@ def _counted(seg: list[str], modules: dict[str, nn.Module]) -> list[int]:
 def _span_name(seg: list[str]) -> str:
     parent = _parent(seg[0])
     first, last = seg[0].rpartition(".")[2], seg[-1].rpartition(".")[2]
-    return f"{parent}[{first}:{int(last) + 1}]" if last.isdigit() else f"{parent}[{first}..{last}]"
+    if last.isdigit():
+        return f"{parent}[{first}:{int(last) + 1}]"
+    return f"{parent}[{first}..{last}]" if parent else f"{first}..{last}"
 
 
 def _stage_root(seg: list[str], modules: dict[str, nn.Module]) -> str:

@@ -35,26 +35,34 @@ class Cost:
         return self.macs / 1e9
 
 
-def count_macs(model: nn.Module, x: torch.Tensor) -> int:
-    """Multiply-accumulates of one forward pass of ``model`` on ``x`` (the whole batch)."""
+def _counted_pass(model: nn.Module, x: torch.Tensor) -> FlopCounterMode:
+    """One eval-mode forward pass under ``FlopCounterMode``.
+
+    Parameters are frozen for the pass: the counter's module tracker otherwise fails on
+    views of parameters taken under ``no_grad`` (CaiT's class token).
+    """
     was_training = model.training
+    frozen = [p for p in model.parameters() if p.requires_grad]
     model.eval()
     try:
+        for p in frozen:
+            p.requires_grad_(False)
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             model(x)
     finally:
+        for p in frozen:
+            p.requires_grad_(True)
         model.train(was_training)
-    return counter.get_total_flops() // 2
+    return counter
+
+
+def count_macs(model: nn.Module, x: torch.Tensor) -> int:
+    """Multiply-accumulates of one forward pass of ``model`` on ``x`` (the whole batch)."""
+    return _counted_pass(model, x).get_total_flops() // 2
 
 
 def _module_macs(model: nn.Module, x: torch.Tensor, names: Sequence[str]) -> tuple[int, dict[str, int]]:
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(x)
-    finally:
-        model.train(was_training)
+    counter = _counted_pass(model, x)
     counts = counter.get_flop_counts()
     root = type(model).__name__
     per_module = {n: sum(counts.get(f"{root}.{n}", {}).values()) // 2 for n in names}

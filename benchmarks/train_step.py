@@ -8,7 +8,8 @@ Time: one step = forward(s) + loss + backward(s) + SGD update, for
 
 All variants run side by side in one process, interleaved in a shuffled order every round, so that
 load changes on the machine hit them alike; medians are reported (the paper pays about 1.66x a
-plain epoch for ResNet-50).
+plain epoch for ResNet-50). On the CPU the process's CPU time is reported too: on a machine
+shared with other work it is a steadier measure than wall time (use ``--threads 1`` there).
 
 Memory: the peak memory two steps add on top of the model and the data. On CUDA
 ``torch.cuda.max_memory_allocated`` (in process); on the CPU each variant runs in a fresh
@@ -81,25 +82,27 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_steps(args: argparse.Namespace, device: torch.device) -> dict[str, list[float]]:
+def time_steps(args: argparse.Namespace, device: torch.device) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     from accelerate import Accelerator
 
     accelerator = Accelerator(cpu=device.type == "cpu")
     net, x, y = build(args.model, args.input_size, args.batch_size, device)
     steps = {v: make_step(v, net, accelerator) for v in args.variants}
     times: dict[str, list[float]] = {v: [] for v in args.variants}
+    cpu_times: dict[str, list[float]] = {v: [] for v in args.variants}
     rng = random.Random(0)
     for round_ in range(args.warmup + args.repeats):
         order = list(args.variants)
         rng.shuffle(order)
         for v in order:
             sync(device)
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             steps[v](x, y)
             sync(device)
             if round_ >= args.warmup:
                 times[v].append(time.perf_counter() - start)
-    return times
+                cpu_times[v].append(time.process_time() - cpu_start)
+    return times, cpu_times
 
 
 def rss_bytes() -> int:
@@ -204,8 +207,9 @@ def main() -> None:
         print(json.dumps(peak_memory_one(args, args.memory_child, device)))
         return
 
-    times = time_steps(args, device)
+    times, cpu_times = time_steps(args, device)
     median = {v: statistics.median(t) for v, t in times.items()}
+    cpu_median = {v: statistics.median(t) for v, t in cpu_times.items()}
     result: dict[str, Any] = {
         "model": args.model, "batch_size": args.batch_size, "input_size": list(args.input_size),
         "device": str(device), "threads": args.threads, "repeats": args.repeats,
@@ -215,6 +219,9 @@ def main() -> None:
     }
     if "plain" in median:
         result["time_ratio"] = {v: median[v] / median["plain"] for v in median if v != "plain"}
+        if device.type == "cpu":  # CPU time of this process: less sensitive to other load on the machine
+            result["cpu_step_ms"] = {v: 1000 * m for v, m in cpu_median.items()}
+            result["cpu_time_ratio"] = {v: cpu_median[v] / cpu_median["plain"] for v in cpu_median if v != "plain"}
     if not args.no_memory:
         memory = peak_memory(args, device)
         result["memory_mb"] = memory

@@ -46,7 +46,6 @@ class Case:
     size: int = 64
     kwargs: dict[str, Any] = field(default_factory=dict)
     no_norms: str | None = None  # why a stage's mandatory part has no norm layer
-    macs_issue: str | None = None  # a known bug that breaks the MAC count (strict xfail)
 
     @property
     def input_size(self) -> tuple[int, int, int]:
@@ -57,8 +56,8 @@ class Case:
 
 
 def case(family: str, model: str, size: int = 64, *, slow: bool = False, no_norms: str | None = None,
-         macs_issue: str | None = None, **kwargs: Any) -> Any:
-    c = Case(family, model, size, kwargs, no_norms, macs_issue)
+         **kwargs: Any) -> Any:
+    c = Case(family, model, size, kwargs, no_norms)
     return pytest.param(c, id=f"{family}-{model}-{size}", marks=[pytest.mark.slow] if slow else [])
 
 
@@ -66,10 +65,6 @@ def case(family: str, model: str, size: int = 64, *, slow: bool = False, no_norm
 TINY_VIT = dict(num_classes=10, embed_dims=(32, 64, 96, 128), depths=(2, 2, 2, 2), num_heads=(1, 2, 3, 4))
 SWIN_SMALL = dict(img_size=64, window_size=2, embed_dim=32, num_heads=(1, 2, 4, 8))
 NO_NORMS_NF = "normalizer-free network: NormFreeBlocks have no norm layers (scaled weight standardisation instead)"
-FLOP_COUNTER_BUG = (
-    "adnify.costs: torch's FlopCounterMode module tracker fails on a parameter view made under no_grad "
-    "(CaiT's cls_token.expand); counting with parameters' requires_grad off fixes it"
-)
 
 CASES = [
     case("resnet", "resnet18"),
@@ -90,7 +85,7 @@ CASES = [
     case("swinv2", "swinv2_tiny_window8_256", **SWIN_SMALL),
     case("beit", "beit_base_patch16_224", img_size=64, embed_dim=64, depth=8, num_heads=2),
     case("eva", "eva02_tiny_patch14_224", 56, img_size=56),
-    case("cait", "cait_xxs24_224", img_size=64, macs_issue=FLOP_COUNTER_BUG),
+    case("cait", "cait_xxs24_224", img_size=64),
     case("mlp_mixer", "mixer_s32_224", img_size=64),
     case("metaformer", "poolformer_s12"),
     case("metaformer", "caformer_s18"),  # res_scale: a learned scale on the identity path
@@ -239,10 +234,7 @@ def test_skippable_blocks_keep_their_input_shape(converted: Converted):
         assert before == after, f"{name} changes the shape {before} -> {after}"
 
 
-def test_base_net_costs_less_and_its_macs_match_a_count_of_the_export(converted: Converted,
-                                                                      request: pytest.FixtureRequest):
-    if converted.case.macs_issue:
-        request.applymarker(pytest.mark.xfail(reason=converted.case.macs_issue, strict=True))
+def test_base_net_costs_less_and_its_macs_match_a_count_of_the_export(converted: Converted):
     net = converted.net
     sup, base = pattern_costs(net, ["super", "base"])
     assert base.macs < sup.macs

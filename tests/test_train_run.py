@@ -130,8 +130,9 @@ def test_existing_run_directory_needs_resume_or_force(model_dir, digits, tmp_pat
 
 
 def test_resume_ends_at_the_same_weights_as_an_uninterrupted_run(model_dir, digits, tmp_path):
-    """Mid-epoch interruption; mixup, drop-path and EMA all draw random numbers."""
-    extra = dict(epochs=2, mixup=0.4, drop_path=0.1, model_ema=True, model_ema_decay=0.9, checkpoint_every_steps=2)
+    """Mid-epoch interruption; mixup, drop-path and EMA draw random numbers, warm-up + cosine move the lr."""
+    extra = dict(epochs=2, mixup=0.4, drop_path=0.1, model_ema=True, model_ema_decay=0.9, checkpoint_every_steps=2,
+                 sched="cosine", warmup_epochs=1)  # the learning rate changes every step
     whole = run(model_dir, digits, tmp_path / "whole", overrides=extra)
     part = run(model_dir, digits, tmp_path / "part", overrides=extra, max_steps=3)
     assert (part.status, part.step) == ("stopped", 3)
@@ -159,16 +160,27 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(model_dir, digits, tmp_path
     assert train(str(out), resume=True, progress=False).step == 6
 
 
-def test_a_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(model_dir, digits, tmp_path):
+def poison_at(step):
     def poison(info):
-        if info.step == 3:
+        if info.step == step:
             with torch.no_grad():
                 info.session.net.model.fc.weight.fill_(float("nan"))
+    return poison
 
+
+def test_a_nan_loss_stops_and_says_at_which_step(model_dir, digits, tmp_path):
     out = tmp_path / "run"
-    with pytest.raises(AdnifyError, match=r"at step 4 .*step_000003"):
-        run(model_dir, digits, out, overrides=dict(checkpoint_every_steps=1, keep_checkpoints=2), callbacks=[poison])
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_000002", "step_000003"]
+    with pytest.raises(AdnifyError, match=r"loss became \[nan\] at step 4 .*none yet"):
+        run(model_dir, digits, out, callbacks=[poison_at(3)])
+    assert not (out / "final").exists()
+
+
+def test_non_finite_weights_are_never_checkpointed_the_last_good_one_is_kept(model_dir, digits, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(AdnifyError, match=r"non-finite .* by step 3.*step_000002"):
+        run(model_dir, digits, out, overrides=dict(checkpoint_every_steps=1, keep_checkpoints=2),
+            callbacks=[poison_at(3)])
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_000001", "step_000002"]
     assert not (out / "final").exists()
 
 

@@ -55,6 +55,13 @@ def _save_checkpoint(session: Session, saved: set[int]) -> None:
     step, acc, run = session.state.step, session.accelerator, session.run
     if step in saved:
         return
+    # A finite loss can still leave non-finite weights (an exploding update): never save those.
+    finite = torch.tensor([float(all(bool(torch.isfinite(p).all()) for p in session.trained.parameters()))],
+                          device=acc.device)
+    if acc.gather(finite).min() < 1:
+        last = run.latest_checkpoint()
+        raise AdnifyError(f"the weights became non-finite (NaN/inf) by step {step}: training stopped, the last good "
+                          f"checkpoint is {last if last else 'none yet'}; lower the learning rate or set grad_clip")
     if acc.is_main_process:
         run.begin_checkpoint(step)
     acc.wait_for_everyone()
