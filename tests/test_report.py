@@ -229,6 +229,9 @@ def test_table_and_formats_on_stdout(model_dir):
     assert "GMACs" in result.stdout and "* " in result.stdout.replace("│", " ")
     result = invoke(model_dir, "-p", "super,base", "--format", "md")
     assert result.stdout.count("| FFFF |") == 1 and "macs_method" in result.stdout
+    result = invoke(model_dir, "-p", "super,base", "--format", "json", "--budget-gmacs", "100")
+    assert json.loads(result.stdout)["rows"][0]["pattern"] == "FFFF"  # stdout stays parseable
+    assert "best within the budget: FFFF" in result.stderr
 
 
 def test_timm_name_converted_on_the_fly():

@@ -118,6 +118,8 @@ def report(
     from .. import report_output as ro
     from ..report import build_report, parse_metrics, resolve_device
     from ..sources import is_model_dir, open_source
+    from rich.console import Console
+
     from .display import console
 
     wanted = parse_metrics(metrics) if metrics is not None else ["params", "macs"] + (["acc"] if data else [])
@@ -162,13 +164,11 @@ def report(
         return
     context = {"source": source, **context}
 
+    if not select_only:
+        _show(console, rows, context, fmt if output is None else None)
     chosen = None
     if budget_ms is not None or budget_gmacs is not None:
-        if not select_only:
-            _show(console, rows, context, fmt if output is None else None)
         chosen = ro.select_within_budget(rows, budget_ms=budget_ms, budget_gmacs=budget_gmacs)
-    elif not select_only:
-        _show(console, rows, context, fmt if output is None else None)
     if output is not None:
         ro.write_report(rows, output, fmt, context=context, force=force)
     if plot is not None:
@@ -176,11 +176,14 @@ def report(
     if select_only:
         typer.echo(chosen["pattern"])
         return
+    # Notes go to stderr when stdout carries the report itself (--format without -o), to keep it parseable.
+    notes = console if output is not None or fmt == "table" else Console(stderr=True)
     for what, path in (("report", output), ("plot", plot)):
         if path is not None:
-            console.print(f"wrote {what} {path}", highlight=False, soft_wrap=True)
+            notes.print(f"wrote {what} {path}", highlight=False, soft_wrap=True)
     if chosen is not None:
-        console.print(f"best within the budget: [bold]{chosen['pattern']}[/] ({_describe(chosen)})", highlight=False, soft_wrap=True)
+        notes.print(f"best within the budget: [bold]{chosen['pattern']}[/] ({_describe(chosen)})", highlight=False,
+                    soft_wrap=True)
 
 
 def _check_output(path: Path, force: bool) -> None:
