@@ -11,6 +11,13 @@ import typer
 from ..errors import AdnifyError
 
 
+class Labels(str, Enum):
+    """How ``train`` and ``report`` treat the dataset's labels."""
+
+    auto = "auto"
+    none = "none"
+
+
 class ExportFormat(str, Enum):
     pt = "pt"
     onnx = "onnx"

@@ -11,18 +11,13 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import AdnifyError
-from .convert import (Checkpoint, Force, Groups, MatchByOrder, NumClasses, Pretrained, SharedNorms, Stages,
+from .convert import (Checkpoint, Force, Labels, Groups, MatchByOrder, NumClasses, Pretrained, SharedNorms, Stages,
                       convert_options, parse_ints)
 
 _CONVERT = "Conversion (SOURCE is a timm name)"
 _DATA = "Accuracy"
 _LATENCY = "Latency"
 _OUTPUT = "Output and budgets"
-
-
-class Labels(str, Enum):
-    auto = "auto"
-    none = "none"
 
 
 class DType(str, Enum):

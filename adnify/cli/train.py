@@ -9,18 +9,13 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .convert import (Checkpoint, Groups, MatchByOrder, NumClasses, Pretrained, SharedNorms, Split, Stages,
+from .convert import (Checkpoint, Groups, Labels, MatchByOrder, NumClasses, Pretrained, SharedNorms, Split, Stages,
                       convert_options, parse_ints)
 
 
 class Order(str, Enum):
     joint = "joint"
     sequential = "sequential"
-
-
-class Labels(str, Enum):
-    auto = "auto"
-    none = "none"
 
 
 class Precision(str, Enum):
