@@ -9,6 +9,7 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import nn
 
+from .analysis import default_input_size
 from .plan import Plan, all_patterns, format_pattern, parse_pattern
 from .skipping import SkipAwareNorm, SkippableBlock, make_skip_aware, make_skippable, restore
 
@@ -68,6 +69,11 @@ class AdaptiveNet(nn.Module):
     def pattern(self) -> str:
         """The current sub-network as a pattern string."""
         return format_pattern(self._pattern)
+
+    def input_size(self, override: Sequence[int] | None = None) -> tuple[int, int, int]:
+        """Input size C,H,W: ``override``, else the size given at conversion, else timm's config."""
+        size = override or self.source.get("input_size") or default_input_size(self.model)
+        return tuple(int(s) for s in size)  # type: ignore[return-value]
 
     def patterns(self) -> list[str]:
         """All ``2**N`` patterns, super-net first, base-net last."""
@@ -198,14 +204,9 @@ def export_static(net: AdaptiveNet, pattern: Pattern) -> nn.Module:
             continue
         for name in stage.norms:
             norm = modules[name]
-            _set_submodule(static, name, copy.deepcopy(norm.skip_copy) if skip else _without_twin(norm))
+            _set_submodule(static, name, copy.deepcopy(norm.skip_copy) if skip else restore_copy(norm))
     static.train(net.training)
     return static
-
-
-def _without_twin(norm: nn.Module) -> nn.Module:
-    """A plain copy of copy A of a norm pair."""
-    return restore_copy(norm)
 
 
 __all__ = ["AdaptiveNet", "export_static", "restore_copy", "restore"]

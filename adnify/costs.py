@@ -82,10 +82,7 @@ def original_params(net: AdaptiveNet) -> int:
 def pattern_costs(net: AdaptiveNet, patterns: Sequence[Pattern], *, input_size: Sequence[int] | None = None,
                   batch_size: int = 1) -> list[Cost]:
     """MACs and used parameters of each pattern, from one counted pass of the super-net."""
-    from .analysis import default_input_size
-
-    size = tuple(input_size or net.source.get("input_size") or default_input_size(net.model))
-    x = torch.randn(batch_size, *size)
+    x = torch.randn(batch_size, *net.input_size(input_size))
     blocks = [n for s in net.plan.stages for n in s.skippable]
     with net.subnet("super"):
         total, per_block = _module_macs(net.model, x, blocks)

@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 import torch
 
 from .adaptive import AdaptiveNet
-from .analysis import default_input_size
 from .data import ImageData, check_labels, make_loader
 from .errors import AdnifyError
 from .plan import format_pattern, parse_pattern
@@ -46,17 +45,11 @@ class Accuracy:
     agreement: float | None
 
 
-def eval_size(net: AdaptiveNet, input_size: Sequence[int] | None = None) -> tuple[int, int, int]:
-    """The input size C,H,W: ``input_size``, else the size ``net`` was converted for, else timm's config."""
-    size = input_size or net.source.get("input_size") or default_input_size(net.model)
-    return tuple(int(s) for s in size)  # type: ignore[return-value]
-
-
 def eval_transform(net: AdaptiveNet, input_size: Sequence[int] | None = None):
-    """timm's evaluation transform for ``net`` (resize, centre crop, normalise) at :func:`eval_size`."""
+    """timm's evaluation transform for ``net`` (resize, centre crop, normalise) at :meth:`AdaptiveNet.input_size`."""
     from timm.data import create_transform, resolve_model_data_config
 
-    cfg = resolve_model_data_config(net.model, args={"input_size": eval_size(net, input_size)})
+    cfg = resolve_model_data_config(net.model, args={"input_size": net.input_size(input_size)})
     return create_transform(**cfg, is_training=False)
 
 

@@ -10,7 +10,6 @@ from typing import Sequence
 import torch
 
 from .adaptive import AdaptiveNet, Pattern
-from .analysis import default_input_size
 from .errors import AdnifyError
 from .files import check_writable
 
@@ -23,10 +22,9 @@ def export_file(net: AdaptiveNet, pattern: Pattern, path: str | os.PathLike, *, 
         static = net.export(pattern).eval()
     except ValueError as e:
         raise AdnifyError(str(e)) from None
-    size = tuple(input_size or net.source.get("input_size") or default_input_size(net.model))
-    example = torch.randn(batch_size, *size)
+    example = torch.randn(batch_size, *net.input_size(input_size))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-", suffix=path.suffix or ".pt2", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix or ".pt2", dir=path.parent)
     os.close(fd)
     try:
         if format == "pt":

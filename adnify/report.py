@@ -31,7 +31,7 @@ from .adaptive import AdaptiveNet
 from .costs import MACS_METHOD, pattern_costs
 from .data import ImageData, load_image_data
 from .errors import AdnifyError
-from .evaluate import eval_loader, eval_size, evaluate_patterns, make_accelerator, progress_bar
+from .evaluate import eval_loader, evaluate_patterns, make_accelerator, progress_bar
 from .latency import measure_interleaved, timing_context
 from .plan import format_pattern, parse_pattern
 from .report_output import Row
@@ -164,7 +164,7 @@ def build_report(
     wanted = set(parse_metrics(metrics))
     torch_dtype = resolve_dtype(dtype)
     dev = resolve_device(device)
-    size = eval_size(net, input_size)
+    size = net.input_size(input_size)
     if batch_size is not None and batch_size < 1:
         raise AdnifyError(f"batch size must be at least 1, got {batch_size}")
     if "acc" in wanted and data is None:

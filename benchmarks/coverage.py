@@ -105,10 +105,6 @@ def check_one(name: str) -> dict[str, Any]:
                 out = net(x)
                 diff = (out - reference).abs().max().item() if isinstance(out, torch.Tensor) else float("nan")
                 net(x, skip="base")
-            # torch's FlopCounterMode trips over parameter views made under no_grad (CaiT's class
-            # token): count with gradients off on the parameters.
-            for p in net.parameters():
-                p.requires_grad_(False)
             sup, base = pattern_costs(net, ["super", "base"], input_size=size)
         except Exception as e:
             return {"status": "error", "message": _one_line(f"converted, but a check failed: {type(e).__name__}: {e}"),
