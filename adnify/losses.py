@@ -10,6 +10,9 @@ labels (or, label-free, from an external teacher) and the base-net from the supe
 :func:`adn_loss` computes everything at once (the *joint* order); :func:`super_loss` and
 :func:`base_loss` are its two halves for the *sequential* order, and ``adn_loss == super_loss +
 base_loss``.
+
+``kd_weight_pre_logits`` (default 0, off as in the paper) adds ``w_p * MSE(z_base, z_super)`` of
+the classifier's input features to the distillation terms: the ``finetune`` recipe uses it.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["LossParts", "adn_loss", "base_loss", "channel_kl", "super_loss"]
+__all__ = ["LossParts", "adn_loss", "base_loss", "channel_kl", "pre_logits_mse", "super_loss"]
 
 Criterion = Callable[[Tensor, Tensor], Tensor]
 
@@ -49,19 +52,29 @@ def channel_kl(student: Tensor, teacher: Tensor, *, channel_dim: int, temperatur
 
 
 class _ChannelKL(torch.autograd.Function):
-    """:func:`channel_kl` with its gradient written out, ``T * (softmax(s/T) - softmax(t/T)) / positions``:
-    one elementwise pass backward instead of autograd's four, on the largest tensors of a step."""
+    """:func:`channel_kl` with its gradient written out, ``T * (softmax(s/T) - softmax(t/T)) / positions``.
+
+    These are the largest tensors of a step, so every elementwise pass counts: the forward value
+    is one in-place difference and one BLAS dot product (no per-position KL tensor), and the
+    backward is one exp and two in-place passes instead of autograd's chain.
+    """
 
     @staticmethod
     def forward(ctx: Any, student: Tensor, teacher: Tensor, dim: int, t: float) -> Tensor:
+        ctx.dtype = student.dtype
         with torch.autocast(student.device.type, enabled=False):
-            log_student = F.log_softmax(student.float() / t, dim=dim)
-            log_teacher = F.log_softmax(teacher.float() / t, dim=dim)
+            student, teacher = student.float(), teacher.float()
+            if t != 1.0:
+                student, teacher = student / t, teacher / t
+            log_student = F.log_softmax(student, dim=dim)
+            log_teacher = F.log_softmax(teacher, dim=dim)
             p_teacher = log_teacher.exp()
-            kl = (p_teacher * (log_teacher - log_student)).sum(dim=dim)
+            # sum over everything of p_t * (log p_t - log p_s); log_teacher is not needed afterwards
+            total = torch.dot(p_teacher.reshape(-1), log_teacher.sub_(log_student).reshape(-1))
+        positions = max(log_student.numel() // max(log_student.shape[dim], 1), 1)
         ctx.save_for_backward(log_student, p_teacher)
-        ctx.scale, ctx.dtype = t / kl.numel(), student.dtype
-        return kl.mean() * (t * t)
+        ctx.scale = t / positions
+        return total * (t * t / positions)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None, None]:
@@ -82,21 +95,37 @@ class LossParts:
             with ``distill=False`` the mean of the super and base terms.
         feature_kd: ``sum_s KL(h_super^s || h_base^s)`` (before ``kd_weight_features``); 0 when off.
         logit_kd: ``KL(y_super || y_base)``; 0 when off.
+        pre_logits_kd: ``MSE(z_base, z_super)`` of the classifier's inputs; None when off.
     """
 
     total: Tensor
     ce: Tensor
     feature_kd: Tensor
     logit_kd: Tensor
+    pre_logits_kd: Tensor | None = None
 
     def as_floats(self) -> dict[str, float]:
         """Python floats for a log line (synchronises with the device once per value)."""
-        return {
+        out = {
             "loss": float(self.total.detach()),
             "ce": float(self.ce),
             "feature_kd": float(self.feature_kd),
             "logit_kd": float(self.logit_kd),
         }
+        if self.pre_logits_kd is not None:
+            out["pre_logits_kd"] = float(self.pre_logits_kd)
+        return out
+
+
+def pre_logits_mse(base_pre: Tensor | None, super_pre: Tensor | None) -> Tensor:
+    """``MSE(z_base, z_super)`` of the pooled features the classifier reads; the super side is detached.
+
+    Not part of the paper's loss: an option for data-poor fine-tuning, where matching the
+    embedding transfers across classes better than matching the logits alone.
+    """
+    if base_pre is None or super_pre is None:
+        raise ValueError("kd_weight_pre_logits > 0 needs the pre-logit features of both passes")
+    return F.mse_loss(base_pre.float(), super_pre.detach().float())
 
 
 def _supervised(
@@ -184,22 +213,26 @@ def base_loss(
     criterion: Criterion | None = None,
     teacher_logits: Tensor | None = None,
     kd_weight_features: float = 1.0,
-) -> tuple[Tensor, Tensor, Tensor]:
+    kd_weight_pre_logits: float = 0.0,
+    base_pre: Tensor | None = None,
+    super_pre: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The base-net half of :func:`adn_loss`.
 
     Returns:
-        ``(weighted total, feature_kd, logit_kd)``; the last two unweighted and detached.
-        With ``distill=False`` the total is ``CE(base, y) / 2`` and both KD parts are 0.
+        ``(weighted total, feature_kd, logit_kd, pre_logits_kd)``; the last three unweighted and
+        detached. With ``distill=False`` the total is ``CE(base, y) / 2`` and the KD parts are 0.
     """
+    zero = base_logits.new_zeros((), dtype=torch.float32)
     if not distill:
-        zero = base_logits.new_zeros((), dtype=torch.float32)
-        return _supervised(base_logits, target, criterion, teacher_logits, temperature) * 0.5, zero, zero
+        return _supervised(base_logits, target, criterion, teacher_logits, temperature) * 0.5, zero, zero, zero
     feat, logit = _distill_terms(
         base_logits, base_feats, super_logits, super_feats,
         channel_dims=channel_dims, temperature=temperature, feature_kd=feature_kd, logit_kd=logit_kd,
     )
-    total = (1.0 - alpha) * (kd_weight_features * feat + logit)
-    return total, feat.detach(), logit.detach()
+    pre = pre_logits_mse(base_pre, super_pre) if kd_weight_pre_logits else zero
+    total = (1.0 - alpha) * (kd_weight_features * feat + logit + kd_weight_pre_logits * pre)
+    return total, feat.detach(), logit.detach(), pre.detach()
 
 
 def adn_loss(
@@ -218,6 +251,9 @@ def adn_loss(
     teacher_logits: Tensor | None = None,
     criterion: Criterion | None = None,
     kd_weight_features: float = 1.0,
+    kd_weight_pre_logits: float = 0.0,
+    super_pre: Tensor | None = None,
+    base_pre: Tensor | None = None,
 ) -> LossParts:
     """Skip-aware self-distillation loss for one mini-batch (joint order).
 
@@ -235,6 +271,8 @@ def adn_loss(
         criterion: ``criterion(logits, target)``, e.g. timm's ``SoftTargetCrossEntropy`` with mixup or
             ``LabelSmoothingCrossEntropy``; default ``nn.CrossEntropyLoss()``.
         kd_weight_features: weight of the summed feature KLs relative to the logit KL.
+        kd_weight_pre_logits: weight of :func:`pre_logits_mse` (an extension; 0 in the paper).
+        super_pre, base_pre: the classifier's inputs of both passes, needed when that weight is set.
     """
     if not distill:
         ce_super = _supervised(super_logits, target, criterion, teacher_logits, temperature)
@@ -247,5 +285,8 @@ def adn_loss(
         base_logits, base_feats, super_logits, super_feats,
         channel_dims=channel_dims, temperature=temperature, feature_kd=feature_kd, logit_kd=logit_kd,
     )
-    total = alpha * ce + (1.0 - alpha) * (kd_weight_features * feat + logit)
-    return LossParts(total=total, ce=ce.detach(), feature_kd=feat.detach(), logit_kd=logit.detach())
+    pre = pre_logits_mse(base_pre, super_pre) if kd_weight_pre_logits else None
+    kd = kd_weight_features * feat + logit + (kd_weight_pre_logits * pre if pre is not None else 0.0)
+    total = alpha * ce + (1.0 - alpha) * kd
+    return LossParts(total=total, ce=ce.detach(), feature_kd=feat.detach(), logit_kd=logit.detach(),
+                     pre_logits_kd=None if pre is None else pre.detach())

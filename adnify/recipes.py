@@ -107,6 +107,10 @@ _SCHEMA: dict[str, _Key] = {
     "feature_kd": _Key(True, bool, "distil every stage output; false = logits only"),
     "logit_kd": _Key(True, bool, "distil the super-net logits into the base-net"),
     "kd_weight_features": _Key(1.0, float, "weight of the summed feature KL terms"),
+    "kd_weight_pre_logits": _Key(0.0, float, "weight of an MSE between base- and super-net pre-logit features "
+                                 "(the classifier's input); 0 = off, as in the paper"),
+    "train_params": _Key("all", str, "all, or skip_norms: train only the skip-aware norm copies, so the "
+                         "super-net stays exactly the converted model", choices=("all", "skip_norms")),
     "shared_norms": _Key(False, bool, "one norm copy for both paths (the no-skip-aware-norms ablation)"),
     "labels": _Key("auto", str, "auto: use the dataset's labels; none: the original model is the teacher",
                    choices=("auto", "none")),
@@ -114,6 +118,7 @@ _SCHEMA: dict[str, _Key] = {
     # -- logging and checkpoints --------------------------------------------------------------
     "log_interval": _Key(50, int, "steps between log lines"),
     "eval_every_epochs": _Key(1, int, "epochs between evaluations"),
+    "eval_before_training": _Key(False, bool, "also evaluate before the first step (epoch 0: the converted model)"),
     "checkpoint_every_steps": _Key(None, int, "extra checkpoint every N steps; null = at epoch ends only",
                                    nullable=True),
     "keep_checkpoints": _Key(2, int, "number of most recent checkpoints kept"),

@@ -62,6 +62,19 @@ def test_kl_matches_kl_div_by_hand():
             _kl_by_hand(fs, ft, 1, T).item(), rel=1e-5)
 
 
+@pytest.mark.parametrize("T", [1.0, 2.0])
+@pytest.mark.parametrize("dim", [1, -1])
+def test_kl_gradient_matches_autograd_of_the_formula(T, dim):
+    s, t = torch.randn(2, 4, 3, 5, dtype=torch.float64), torch.randn(2, 4, 3, 5, dtype=torch.float64)
+    mine, ref = s.clone().requires_grad_(), s.clone().requires_grad_()
+    channel_kl(mine, t, channel_dim=dim, temperature=T).backward()
+    _kl_by_hand(ref, t, dim, T).backward()
+    torch.testing.assert_close(mine.grad, ref.grad, rtol=1e-4, atol=1e-6)  # computed in float32
+    low = torch.randn(2, 4, 3, 5, dtype=torch.bfloat16, requires_grad=True)
+    channel_kl(low, t.bfloat16(), channel_dim=dim, temperature=T).backward()
+    assert low.grad.dtype == torch.bfloat16  # the gradient comes back in the input's precision
+
+
 def test_channel_dim_1_and_last_agree_after_permute():
     s, t = torch.randn(B, C, 3, 5), torch.randn(B, C, 3, 5)
     nchw = channel_kl(s, t, channel_dim=1)
@@ -199,7 +212,7 @@ def test_adn_loss_is_super_plus_base(flags, label_free):
               "distill": flags.get("distill", True)}
     joint = adn_loss(**{**c, "target": target}, channel_dims=DIMS, teacher_logits=teacher, **flags)
     s = super_loss(c["super_logits"], target, teacher_logits=teacher, **common)
-    b, feat, logit = base_loss(
+    b, feat, logit, _ = base_loss(
         c["base_logits"], c["base_feats"], c["super_logits"].detach(), [f.detach() for f in c["super_feats"]],
         target, channel_dims=DIMS, feature_kd=flags.get("feature_kd", True), logit_kd=flags.get("logit_kd", True),
         kd_weight_features=flags.get("kd_weight_features", 1.0), teacher_logits=teacher, **common)

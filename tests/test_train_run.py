@@ -242,6 +242,20 @@ def test_label_free_run_distils_from_the_frozen_original(model_dir, digits, tmp_
     assert torch.equal(weights(out / "start")["fc.weight"], weights(model_dir)["fc.weight"])
 
 
+def test_finetune_recipe_keeps_the_super_net_and_trains_the_base_net(model_dir, digits, tmp_path):
+    """The finetune recipe: only the skip-aware norm copies train; epoch 0 is evaluated first."""
+    out = tmp_path / "run"
+    fast = {k: v for k, v in FAST.items() if k != "lr"}
+    train(str(model_dir), data=str(digits), output=out, recipe="finetune", overrides={**fast, "epochs": 2},
+          progress=False)
+    before, after = weights(model_dir), weights(out / "final")
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(".skip_copy." in k for k in changed)  # the super-net is bit-exact the original
+    evals = records(out, "eval")
+    assert [r["epoch"] for r in evals] == [0, 1, 2]  # epoch 0: naive block dropping
+    assert all(r["loss_pre_logits_kd"] >= 0 and r["loss_feature_kd"] == 0 for r in records(out, "train"))
+
+
 def test_timm_name_is_converted_on_the_fly_with_a_head_for_the_data(digits, tmp_path):
     out = tmp_path / "run"
     train("resnet18", data=str(digits), output=out, recipe="resnet", overrides=FAST, max_steps=1, progress=False,

@@ -9,7 +9,7 @@ import torch
 from accelerate import Accelerator
 
 import adnify
-from adnify.train.modeling import baseline_into_net, frozen_teacher, with_shared_norms
+from adnify.train.modeling import baseline_into_net, frozen_teacher, train_only_skip_norms, with_shared_norms
 from adnify.train.steps import AdnPair, LossConfig, adn_step, drop_path_off, freeze_bn_stats, plain_step
 
 TINY = dict(num_classes=10, channels=(8, 16, 32, 64), stem_width=8, zero_init_last=False)  # every branch live
@@ -41,7 +41,8 @@ def batch(n: int = 8, seed: int = 1):
 
 
 def config(**changes):
-    cfg = dict(alpha=0.5, temperature=1.0, distill=True, feature_kd=True, logit_kd=True, kd_weight_features=1.0)
+    cfg = dict(alpha=0.5, temperature=1.0, distill=True, feature_kd=True, logit_kd=True, kd_weight_features=1.0,
+               kd_weight_pre_logits=0.0)
     cfg.update(changes)
     return cfg
 
@@ -49,7 +50,7 @@ def config(**changes):
 def grads_after_step(net, accelerator, order, *, teacher=None, seed=0, **changes):
     """Gradients of one adn_step on a fresh copy of ``net`` (same RNG state for drop-path)."""
     net = copy.deepcopy(net)
-    pair = AdnPair(net).train()
+    pair = AdnPair(net, pre_logits=changes.get("kd_weight_pre_logits", 0) > 0).train()
     x, y = batch()
     teacher_logits = teacher(x) if teacher is not None else None
     torch.manual_seed(seed)
@@ -58,8 +59,9 @@ def grads_after_step(net, accelerator, order, *, teacher=None, seed=0, **changes
     return {n: p.grad for n, p in net.named_parameters()}, parts
 
 
-@pytest.mark.parametrize("changes", [{}, {"distill": False}, {"feature_kd": False}, {"alpha": 0.3, "temperature": 2.0}],
-                         ids=["paper", "no-distill", "logits-only", "alpha-T"])
+@pytest.mark.parametrize("changes", [{}, {"distill": False}, {"feature_kd": False}, {"alpha": 0.3, "temperature": 2.0},
+                                     {"kd_weight_pre_logits": 0.5}],
+                         ids=["paper", "no-distill", "logits-only", "alpha-T", "pre-logits"])
 def test_joint_and_sequential_orders_give_the_same_gradients(tiny_net, accelerator, changes):
     joint, parts_j = grads_after_step(tiny_net, accelerator, "joint", **changes)
     seq, parts_s = grads_after_step(tiny_net, accelerator, "sequential", **changes)
@@ -71,6 +73,47 @@ def test_joint_and_sequential_orders_give_the_same_gradients(tiny_net, accelerat
     for field in ("total", "ce", "feature_kd", "logit_kd"):
         torch.testing.assert_close(getattr(parts_s, field).detach(), getattr(parts_j, field).detach(), rtol=1e-5,
                                    atol=1e-6)
+    if changes.get("kd_weight_pre_logits"):
+        assert parts_j.pre_logits_kd > 0
+        torch.testing.assert_close(parts_s.pre_logits_kd, parts_j.pre_logits_kd, rtol=1e-5, atol=1e-7)
+    else:
+        assert parts_j.pre_logits_kd is None and parts_s.pre_logits_kd is None
+
+
+def test_pre_logit_features_come_out_of_the_forward_call_only(tiny_net):
+    net = copy.deepcopy(tiny_net).eval()
+    pair = AdnPair(net, pre_logits=True)
+    x, _ = batch()
+    with torch.no_grad():
+        logits, feats = pair(x, "base")
+        assert len(feats) == net.num_stages + 1 and feats[-1].shape == (8, net.model.num_features)
+        torch.testing.assert_close(net.model.get_classifier()(feats[-1]), logits)
+    assert not net.model.get_classifier()._forward_pre_hooks  # copies (EMA, teacher) carry no hook
+    assert pair.state_dict().keys() == AdnPair(net).state_dict().keys()  # the head is not registered twice
+
+
+@pytest.mark.parametrize("order", ["joint", "sequential"])
+def test_training_only_the_skip_norms_leaves_the_super_net_exactly_as_converted(tiny_net, accelerator, order):
+    net = copy.deepcopy(tiny_net).eval()
+    count = train_only_skip_norms(net)
+    twins = {n for n, p in net.named_parameters() if p.requires_grad}
+    assert twins and all(".skip_copy." in n for n in twins)
+    assert count == sum(p.numel() for p in net.parameters() if p.requires_grad)
+    x, _ = batch()
+    with torch.no_grad():
+        super_before, base_before = net(x, skip="FFFF"), net(x, skip="TTTT")
+    pair = AdnPair(net, pre_logits=True)
+    optimizer = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.5)
+    teacher_logits = frozen_teacher(net)(x)  # label-free, as the finetune recipe runs
+    adn_step(accelerator, pair, x, None, LossConfig.from_config(config(kd_weight_pre_logits=1.0), net), order=order,
+             teacher_logits=teacher_logits)
+    assert all((p.grad is not None) == (n in twins) for n, p in net.named_parameters())
+    optimizer.step()
+    with torch.no_grad():
+        torch.testing.assert_close(net(x, skip="FFFF"), super_before, rtol=0, atol=0)
+        assert not torch.allclose(net(x, skip="TTTT"), base_before)
+    with pytest.raises(adnify.AdnifyError, match="skip_norms"):
+        train_only_skip_norms(with_shared_norms(tiny_net))
 
 
 def test_label_free_orders_agree_and_use_the_teacher(tiny_net, accelerator):

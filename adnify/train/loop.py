@@ -136,10 +136,11 @@ def _one_step(session: Session, images: torch.Tensor, labels: torch.Tensor, stop
     else:
         parts = adn_step(acc, session.model, images, target, session.loss, order=cfg["order"],
                          criterion=session.criterion, teacher_logits=teacher_logits)
+    pre = parts.pre_logits_kd if parts.pre_logits_kd is not None else parts.logit_kd.new_zeros(())
     local = torch.stack([parts.total.detach().float(), parts.ce.float(), parts.feature_kd.float(),
-                         parts.logit_kd.float(), torch.tensor(float(stop.requested), device=parts.total.device)])
+                         parts.logit_kd.float(), pre.float(), torch.tensor(float(stop.requested), device=parts.total.device)])
     every = acc.gather(local[None]).cpu()  # one small all-gather: the NaN check and Ctrl-C must agree
-    if not torch.isfinite(every[:, :4]).all():
+    if not torch.isfinite(every[:, :5]).all():
         session.optimizer.zero_grad(set_to_none=True)
         last = session.run.latest_checkpoint()
         raise AdnifyError(
@@ -147,7 +148,7 @@ def _one_step(session: Session, images: torch.Tensor, labels: torch.Tensor, stop
             f" training stopped, nothing saved after the last good checkpoint "
             f"({last if last else 'none yet'}); lower the learning rate or enable grad_clip, then resume"
         )
-    stop.requested = bool(every[:, 4].max() > 0)
+    stop.requested = bool(every[:, 5].max() > 0)
     if cfg["grad_clip"]:
         acc.clip_grad_norm_(session.trained.parameters(), cfg["grad_clip"])
     session.optimizer.step()
@@ -157,8 +158,11 @@ def _one_step(session: Session, images: torch.Tensor, labels: torch.Tensor, stop
     if session.ema is not None:
         session.ema.update(session.trained, step=session.state.step)
     session.scheduler.step_update(num_updates=session.state.step)
-    mean = every[:, :4].mean(0).tolist()
-    return dict(zip(("loss", "loss_ce", "loss_feature_kd", "loss_logit_kd"), mean))
+    mean = every[:, :5].mean(0).tolist()
+    values = dict(zip(("loss", "loss_ce", "loss_feature_kd", "loss_logit_kd"), mean))
+    if parts.pre_logits_kd is not None:
+        values["loss_pre_logits_kd"] = mean[4]
+    return values
 
 
 def _train_mode(session: Session) -> None:
@@ -202,6 +206,8 @@ def run_loop(
     with StopRequest() as stop, TrainProgress(show_progress and acc.is_main_process, total, state.step) as bar:
         for note in session.notes:
             bar.print(f"note: {note}")
+        if cfg["eval_before_training"] and state.step == 0:
+            evaluation = _evaluate(session, bar)  # logged as epoch 0: the starting point to compare with
         while state.epoch < session.total_epochs:
             # accelerate's loader re-seeds its sampler from its own iteration counter: keep both on the epoch.
             session.train_loader.set_epoch(state.epoch)

@@ -12,7 +12,7 @@ from ..adaptive import AdaptiveNet, restore_copy
 from ..errors import AdnifyError
 from ..plan import parse_pattern
 
-__all__ = ["baseline_into_net", "frozen_teacher", "head_size", "open_model", "with_shared_norms"]
+__all__ = ["baseline_into_net", "frozen_teacher", "head_size", "open_model", "train_only_skip_norms", "with_shared_norms"]
 
 
 def head_size(net: AdaptiveNet) -> int | None:
@@ -104,6 +104,23 @@ def with_shared_norms(net: AdaptiveNet) -> AdaptiveNet:
                         shared_norms=True)
     clone.train(net.training)
     return clone
+
+
+def train_only_skip_norms(net: AdaptiveNet) -> int:
+    """Freeze every parameter but the skip-aware norm copies; returns how many values still train.
+
+    The super-net never runs a copy, so it stays exactly the converted model: the safe way to
+    fine-tune a pretrained model's base-net on little data (recipe key ``train_params: skip_norms``).
+    """
+    if net.shared_norms or not any(s.norms for s in net.plan.stages):
+        raise AdnifyError("train_params: skip_norms needs skip-aware norm copies; this model has none "
+                          "(converted with shared norms, or no norm layers in its mandatory blocks)")
+    count = 0
+    for name, p in net.model.named_parameters():
+        twin = ".skip_copy." in f".{name}"
+        p.requires_grad_(twin)
+        count += p.numel() if twin else 0
+    return count
 
 
 def frozen_teacher(net: AdaptiveNet) -> AdaptiveNet:

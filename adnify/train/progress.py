@@ -31,6 +31,8 @@ class Meter:
     def add(self, values: dict[str, float], images: int) -> None:
         for key in LOSS_KEYS:
             self.sums[key] += values[key]
+        if "loss_pre_logits_kd" in values:  # only when the recipe weights it
+            self.sums["loss_pre_logits_kd"] = self.sums.get("loss_pre_logits_kd", 0.0) + values["loss_pre_logits_kd"]
         self.steps += 1
         self.images += images
 
@@ -57,6 +59,8 @@ def stats_line(values: dict[str, float], lr: float) -> str:
         parts.append(f"feature_kd {_fmt(values['loss_feature_kd'])}")
     if values.get("loss_logit_kd"):
         parts.append(f"logit_kd {_fmt(values['loss_logit_kd'])}")
+    if values.get("loss_pre_logits_kd"):
+        parts.append(f"pre_logits_kd {_fmt(values['loss_pre_logits_kd'])}")
     parts.append(f"lr {lr:.2e}")
     if "images_per_s" in values:
         parts.append(f"{values['images_per_s']:.0f} img/s")

@@ -18,7 +18,7 @@ from ..plan import format_pattern, parse_pattern
 from ..recipes import dump_resolved, load_recipe, resolve_lr
 from ..storage import load
 from .inputs import build_mixup, build_transforms, eval_loader, train_loader
-from .modeling import frozen_teacher, head_size, open_model
+from .modeling import frozen_teacher, head_size, open_model, train_only_skip_norms
 from .optim import build_criterion, build_ema, build_optimizer, build_scheduler
 from .rundir import RunDir
 from .state import TrainState
@@ -180,6 +180,11 @@ def prepare_session(
         except ValueError as e:
             raise AdnifyError(f"--pattern: {e}") from None
     trained = net.export(pattern) if pattern else net
+    if config["train_params"] == "skip_norms":
+        if pattern:
+            raise AdnifyError("train_params: skip_norms trains an adaptive net's norm copies; --baseline has none")
+        count = train_only_skip_norms(net)
+        notes.append(f"training only the skip-aware norm copies ({count:,} values): the super-net stays as converted")
     info.update(num_classes=head_size(net), class_names=data.class_names, adnify_version=__version__)
 
     world = accelerator.num_processes
@@ -206,7 +211,7 @@ def prepare_session(
         run.remove_stale()
     accelerator.wait_for_everyone()
 
-    module = trained if pattern else AdnPair(net)
+    module = trained if pattern else AdnPair(net, pre_logits=config["kd_weight_pre_logits"] > 0)
     model, optimizer, loader = accelerator.prepare(module, optimizer, loader)  # evaluate_patterns shards `evaluation`
     if teacher is not None:
         teacher.to(accelerator.device)

@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator, Sequence
 from torch import Tensor, nn
 
 from ..adaptive import AdaptiveNet
+from ..errors import AdnifyError
 from ..losses import LossParts, adn_loss, base_loss, channel_kl, super_loss
 
 __all__ = ["AdnPair", "LossConfig", "adn_step", "drop_path_off", "freeze_bn_stats", "plain_step"]
@@ -66,22 +67,43 @@ class AdnPair(nn.Module):
 
     ``forward(x)`` returns ``((super_logits, super_feats), (base_logits, base_feats))``;
     ``forward(x, "super")`` / ``forward(x, "base")`` return one of them (the sequential order).
-    Stochastic depth is off on the base-net pass.
+    Stochastic depth is off on the base-net pass. With ``pre_logits=True`` each ``feats`` list
+    ends with the classifier's input (timm's ``get_classifier()``), after the stage outputs: it has
+    to come out of the forward call itself to be DDP-safe.
     """
 
-    def __init__(self, net: AdaptiveNet) -> None:
+    def __init__(self, net: AdaptiveNet, *, pre_logits: bool = False) -> None:
         super().__init__()
         self.net = net
         self.super_pattern = "F" * net.num_stages
         self.base_pattern = "T" * net.num_stages
         self._drop_paths = _drop_path_modules(net)
+        self._classifier: tuple[nn.Module, ...] = ()  # a tuple: not registered as a second copy of the head
+        if pre_logits:
+            classifier = net.model.get_classifier() if hasattr(net.model, "get_classifier") else None
+            if not isinstance(classifier, nn.Module) or isinstance(classifier, nn.Identity):
+                raise AdnifyError(f"kd_weight_pre_logits needs a classifier layer; {type(net.model).__name__} "
+                                  "has none (timm get_classifier())")
+            self._classifier = (classifier,)
+
+    def _run(self, x: Tensor, pattern: str) -> tuple[Tensor, list[Tensor]]:
+        if not self._classifier:
+            return self.net(x, skip=pattern, return_stages=True)
+        # The hook lives only for this call: copies of the net (EMA, teacher) must not carry it.
+        seen: list[Tensor] = []
+        handle = self._classifier[0].register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+        try:
+            logits, feats = self.net(x, skip=pattern, return_stages=True)
+        finally:
+            handle.remove()
+        return logits, [*feats, seen[-1]]
 
     def forward(self, x: Tensor, which: str = "both") -> Any:
         if which == "super":
-            return self.net(x, skip=self.super_pattern, return_stages=True)
+            return self._run(x, self.super_pattern)
         if which == "base":
             with drop_path_off(self._drop_paths):
-                return self.net(x, skip=self.base_pattern, return_stages=True)
+                return self._run(x, self.base_pattern)
         if which != "both":
             raise ValueError(f"which must be 'both', 'super' or 'base', not {which!r}")
         return self.forward(x, "super"), self.forward(x, "base")
@@ -98,6 +120,7 @@ class LossConfig:
     feature_kd: bool = True
     logit_kd: bool = True
     kd_weight_features: float = 1.0
+    kd_weight_pre_logits: float = 0.0
 
     @classmethod
     def from_config(cls, config: dict[str, Any], net: AdaptiveNet) -> "LossConfig":
@@ -106,12 +129,17 @@ class LossConfig:
             alpha=config["alpha"], temperature=config["temperature"], distill=config["distill"],
             feature_kd=config["feature_kd"], logit_kd=config["logit_kd"],
             kd_weight_features=config["kd_weight_features"],
+            kd_weight_pre_logits=config.get("kd_weight_pre_logits", 0.0),
         )
 
     def kwargs(self) -> dict[str, Any]:
         return dict(channel_dims=list(self.channel_dims), alpha=self.alpha, temperature=self.temperature,
                     feature_kd=self.feature_kd, logit_kd=self.logit_kd, distill=self.distill,
-                    kd_weight_features=self.kd_weight_features)
+                    kd_weight_features=self.kd_weight_features, kd_weight_pre_logits=self.kd_weight_pre_logits)
+
+    def split(self, feats: list[Tensor]) -> tuple[list[Tensor], Tensor | None]:
+        """Stage outputs and pre-logit features of an :class:`AdnPair` pass (see ``pre_logits``)."""
+        return (feats[:-1], feats[-1]) if self.kd_weight_pre_logits else (feats, None)
 
 
 def adn_step(
@@ -139,8 +167,9 @@ def adn_step(
     if order == "joint":
         with accelerator.autocast():
             (s_logits, s_feats), (b_logits, b_feats) = model(x)
+            (s_feats, s_pre), (b_feats, b_pre) = loss.split(s_feats), loss.split(b_feats)
             parts = adn_loss(s_logits, b_logits, s_feats, b_feats, target, teacher_logits=teacher_logits,
-                             criterion=criterion, **loss.kwargs())
+                             criterion=criterion, super_pre=s_pre, base_pre=b_pre, **loss.kwargs())
         accelerator.backward(parts.total)
         return parts
     if order != "sequential":
@@ -152,15 +181,20 @@ def adn_step(
             ce = super_loss(s_logits, target, alpha=1.0, criterion=criterion, teacher_logits=teacher_logits,
                             temperature=loss.temperature)
         weight = loss.alpha if loss.distill else 0.5
-        accelerator.backward(ce * weight)
+        if ce.requires_grad:  # not when only the skip-aware norms train (train_params: skip_norms)
+            accelerator.backward(ce * weight)
     s_logits, s_feats = s_logits.detach(), [f.detach() for f in s_feats]  # frees the super-net graph
+    s_feats, s_pre = loss.split(s_feats)
     with accelerator.autocast():
         b_logits, b_feats = model(x, "base")
-        b_total, feat, logit = base_loss(b_logits, b_feats, s_logits, s_feats, target, criterion=criterion,
-                                         teacher_logits=teacher_logits, **loss.kwargs())
+        b_feats, b_pre = loss.split(b_feats)
+        b_total, feat, logit, pre = base_loss(b_logits, b_feats, s_logits, s_feats, target, criterion=criterion,
+                                              teacher_logits=teacher_logits, super_pre=s_pre, base_pre=b_pre,
+                                              **loss.kwargs())
     accelerator.backward(b_total)
     total = (ce.detach() * weight + b_total.detach())
-    return LossParts(total=total, ce=total if not loss.distill else ce.detach(), feature_kd=feat, logit_kd=logit)
+    return LossParts(total=total, ce=total if not loss.distill else ce.detach(), feature_kd=feat, logit_kd=logit,
+                     pre_logits_kd=pre if loss.kd_weight_pre_logits else None)
 
 
 def plain_step(
