@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from .adaptive import AdaptiveNet
 from .errors import AdnifyError
@@ -23,4 +24,16 @@ def open_source(source: str, **convert_options: Any) -> AdaptiveNet:
         return load(source)
     if Path(source).exists() or source.startswith((".", "/", "~")):
         raise AdnifyError(f"{source} is neither an adnify model directory nor a training run (no adnify.json)")
-    return convert(source, **convert_options)
+    with named_source(source):
+        return convert(source, **convert_options)
+
+
+@contextlib.contextmanager
+def named_source(source: str) -> Iterator[None]:
+    """Say, when ``source`` is no timm model, that it is no directory here either (a typo'd path)."""
+    try:
+        yield
+    except AdnifyError as e:
+        if str(e).startswith("unknown model"):
+            raise AdnifyError(f"{e}; no model directory named {source!r} exists here either") from None
+        raise

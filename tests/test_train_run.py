@@ -352,3 +352,10 @@ def test_demo_runs_the_whole_pipeline(tmp_path):
     assert len(rows) == 2 ** adnify.load(tmp_path / "demo").num_stages
     assert all(r["acc1"] is not None for r in rows)
     assert max(r["acc1"] for r in rows) > 30  # 10 classes: the new head and the network learnt something
+
+
+def test_a_missing_directory_is_named_as_neither_model_nor_directory(digits, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    message = error_of(invoke("lite0-adn", "--data", digits, "-o", tmp_path / "run"))
+    assert "unknown model 'lite0-adn'" in message and "no model directory named 'lite0-adn'" in message
+    assert not (tmp_path / "run").exists()

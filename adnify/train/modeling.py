@@ -64,7 +64,7 @@ def open_model(
         labels: whether the labels are used (label-free runs keep the original head: it is the teacher's).
     """
     from .. import convert
-    from ..sources import is_model_dir
+    from ..sources import is_model_dir, named_source
 
     notes: list[str] = []
     options = dict(convert_options)
@@ -85,7 +85,8 @@ def open_model(
             wanted = num_classes
         fresh = not (options.get("pretrained") or options.get("checkpoint"))
         head = {"num_classes": wanted} if fresh and wanted is not None else {}
-        net = convert(source, **options, **head, **_drop_path_kwargs(config))
+        with named_source(source):
+            net = convert(source, **options, **head, **_drop_path_kwargs(config))
     if wanted is not None and head_size(net) != wanted:
         if not hasattr(net.model, "reset_classifier"):
             raise AdnifyError(f"cannot resize the classifier of {type(net.model).__name__} to {wanted} classes")
