@@ -281,12 +281,10 @@ def adn_loss(
         zero = total.new_zeros(())
         return LossParts(total=total, ce=total.detach(), feature_kd=zero, logit_kd=zero)
     ce = _supervised(super_logits, target, criterion, teacher_logits, temperature)
-    feat, logit = _distill_terms(
-        base_logits, base_feats, super_logits, super_feats,
-        channel_dims=channel_dims, temperature=temperature, feature_kd=feature_kd, logit_kd=logit_kd,
+    distilled, feat, logit, pre = base_loss(
+        base_logits, base_feats, super_logits, super_feats, target, channel_dims=channel_dims, alpha=alpha,
+        temperature=temperature, feature_kd=feature_kd, logit_kd=logit_kd, kd_weight_features=kd_weight_features,
+        kd_weight_pre_logits=kd_weight_pre_logits, base_pre=base_pre, super_pre=super_pre,
     )
-    pre = pre_logits_mse(base_pre, super_pre) if kd_weight_pre_logits else None
-    kd = kd_weight_features * feat + logit + (kd_weight_pre_logits * pre if pre is not None else 0.0)
-    total = alpha * ce + (1.0 - alpha) * kd
-    return LossParts(total=total, ce=ce.detach(), feature_kd=feat.detach(), logit_kd=logit.detach(),
-                     pre_logits_kd=None if pre is None else pre.detach())
+    return LossParts(total=alpha * ce + distilled, ce=ce.detach(), feature_kd=feat, logit_kd=logit,
+                     pre_logits_kd=pre if kd_weight_pre_logits else None)

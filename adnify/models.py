@@ -9,7 +9,7 @@ from typing import Any
 import timm
 from torch import nn
 
-from .errors import AdnifyError
+from .errors import AdnifyError, UnknownModelError
 
 
 def resolve_model_name(name: str) -> str:
@@ -33,7 +33,7 @@ def resolve_model_name(name: str) -> str:
         raise AdnifyError(f"model name {name!r} is ambiguous: {shown}")
     close = difflib.get_close_matches(arch, available, n=5, cutoff=0.6)
     hint = f": did you mean {', '.join(close)}?" if close else " (see timm.list_models())"
-    raise AdnifyError(f"unknown model {name!r}{hint}")
+    raise UnknownModelError(f"unknown model {name!r}{hint}")
 
 
 def create_model(name: str, *, pretrained: bool = False, **kwargs: Any) -> tuple[nn.Module, str]:

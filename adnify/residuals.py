@@ -42,6 +42,7 @@ _SCALES = {"mul", "mul_", "imul", "truediv", "div", "div_"}
 _TUPLE_NORMS = {"native_layer_norm", "native_batch_norm", "native_group_norm", "_native_batch_norm_legit_no_training",
                 "_native_batch_norm_legit", "cudnn_batch_norm", "_fused_rms_norm"}
 
+
 def _op_name(node: fx.Node, modules: dict[str, nn.Module]) -> str:
     if node.op == "call_method":
         return str(node.target)

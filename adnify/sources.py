@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .adaptive import AdaptiveNet
-from .errors import AdnifyError
+from .errors import AdnifyError, UnknownModelError
 
 
 def is_model_dir(path: str | Path) -> bool:
@@ -33,7 +33,5 @@ def named_source(source: str) -> Iterator[None]:
     """Say, when ``source`` is no timm model, that it is no directory here either (a typo'd path)."""
     try:
         yield
-    except AdnifyError as e:
-        if str(e).startswith("unknown model"):
-            raise AdnifyError(f"{e}; no model directory named {source!r} exists here either") from None
-        raise
+    except UnknownModelError as e:
+        raise UnknownModelError(f"{e}; no model directory named {source!r} exists here either") from None

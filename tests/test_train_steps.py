@@ -92,6 +92,13 @@ def test_pre_logit_features_come_out_of_the_forward_call_only(tiny_net):
     assert pair.state_dict().keys() == AdnPair(net).state_dict().keys()  # the head is not registered twice
 
 
+def test_pre_logit_weight_without_pre_logit_features_is_an_error_not_a_stage_taken_for_them(tiny_net, accelerator):
+    pair = AdnPair(copy.deepcopy(tiny_net)).train()  # built without pre_logits
+    x, y = batch()
+    with pytest.raises(ValueError, match="pre-logit features"):
+        adn_step(accelerator, pair, x, y, LossConfig.from_config(config(kd_weight_pre_logits=1.0), tiny_net))
+
+
 @pytest.mark.parametrize("order", ["joint", "sequential"])
 def test_training_only_the_skip_norms_leaves_the_super_net_exactly_as_converted(tiny_net, accelerator, order):
     net = copy.deepcopy(tiny_net).eval()

@@ -29,10 +29,8 @@ class Meter:
         self.started = time.perf_counter()
 
     def add(self, values: dict[str, float], images: int) -> None:
-        for key in LOSS_KEYS:
-            self.sums[key] += values[key]
-        if "loss_pre_logits_kd" in values:  # only when the recipe weights it
-            self.sums["loss_pre_logits_kd"] = self.sums.get("loss_pre_logits_kd", 0.0) + values["loss_pre_logits_kd"]
+        for key, value in values.items():  # LOSS_KEYS, and loss_pre_logits_kd when the recipe weights it
+            self.sums[key] = self.sums.get(key, 0.0) + value
         self.steps += 1
         self.images += images
 

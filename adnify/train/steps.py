@@ -129,7 +129,7 @@ class LossConfig:
             alpha=config["alpha"], temperature=config["temperature"], distill=config["distill"],
             feature_kd=config["feature_kd"], logit_kd=config["logit_kd"],
             kd_weight_features=config["kd_weight_features"],
-            kd_weight_pre_logits=config.get("kd_weight_pre_logits", 0.0),
+            kd_weight_pre_logits=config["kd_weight_pre_logits"],
         )
 
     def kwargs(self) -> dict[str, Any]:
@@ -138,8 +138,11 @@ class LossConfig:
                     kd_weight_features=self.kd_weight_features, kd_weight_pre_logits=self.kd_weight_pre_logits)
 
     def split(self, feats: list[Tensor]) -> tuple[list[Tensor], Tensor | None]:
-        """Stage outputs and pre-logit features of an :class:`AdnPair` pass (see ``pre_logits``)."""
-        return (feats[:-1], feats[-1]) if self.kd_weight_pre_logits else (feats, None)
+        """Stage outputs and, when the pass returned one more tensor, its pre-logit features
+        (an :class:`AdnPair` built with ``pre_logits=True``)."""
+        if len(feats) == len(self.channel_dims) + 1:
+            return feats[:-1], feats[-1]
+        return feats, None
 
 
 def adn_step(
