@@ -276,6 +276,15 @@ def test_tensorboard_logging(model_dir, digits, tmp_path):
     assert list((tmp_path / "run").rglob("events.out.tfevents*"))
 
 
+def test_tensorboard_without_the_package_is_an_error_not_silence(model_dir, digits, tmp_path, monkeypatch):
+    import accelerate.utils
+
+    monkeypatch.setattr(accelerate.utils, "is_tensorboard_available", lambda: False)
+    with pytest.raises(AdnifyError, match="pip install tensorboard"):
+        run(model_dir, digits, tmp_path / "run", log_with="tensorboard", max_steps=1)
+    assert not (tmp_path / "run").exists()
+
+
 # --- bad input ----------------------------------------------------------------------------------
 
 

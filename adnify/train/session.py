@@ -90,6 +90,12 @@ def make_accelerator(config: dict[str, Any], run: RunDir, *, mixed_precision: st
         raise AdnifyError(f"mixed precision must be auto, no, fp16 or bf16, not {mixed_precision!r}")
     if precision == "fp16" and (cpu or not torch.cuda.is_available()):
         raise AdnifyError("fp16 mixed precision needs a CUDA GPU: use --mixed-precision bf16 (or no) on the CPU")
+    if log_with == "tensorboard":
+        from accelerate.utils import is_tensorboard_available
+
+        if not is_tensorboard_available():  # accelerate would only warn and log nothing
+            raise AdnifyError('--log-with tensorboard needs the tensorboard package: pip install tensorboard '
+                              '(or "adnify[tensorboard]")')
     return Accelerator(
         cpu=cpu, mixed_precision=precision, log_with=log_with, project_dir=str(run.path),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused)],
