@@ -17,6 +17,7 @@ the classifier's input features to the distillation terms: the ``finetune`` reci
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -29,7 +30,8 @@ __all__ = ["LossParts", "adn_loss", "base_loss", "channel_kl", "pre_logits_mse",
 Criterion = Callable[[Tensor, Tensor], Tensor]
 
 
-def channel_kl(student: Tensor, teacher: Tensor, *, channel_dim: int, temperature: float = 1.0) -> Tensor:
+def channel_kl(student: Tensor, teacher: Tensor, *, channel_dim: int, temperature: float = 1.0,
+               compiled: bool = False) -> Tensor:
     """``KL(softmax(teacher / T) || softmax(student / T)) * T^2`` over the channel dimension.
 
     The KL divergence is summed over ``channel_dim`` at each position (pixel, token, or the single
@@ -42,47 +44,83 @@ def channel_kl(student: Tensor, teacher: Tensor, *, channel_dim: int, temperatur
         teacher: target distribution, same shape as ``student``.
         channel_dim: 1 for NCHW maps, -1 for ``(B, N, C)`` tokens, NHWC maps and ``(B, C)`` logits.
         temperature: softmax temperature ``T``; the ``T^2`` factor keeps gradient scales comparable.
+        compiled: fuse value and gradient into one kernel with ``torch.compile`` (same result; needs a
+            C++ compiler on the CPU or Triton on CUDA, else it falls back to eager with one warning).
     """
     if student.shape != teacher.shape:
         raise ValueError(
             f"channel_kl needs tensors of one shape, got student {tuple(student.shape)} "
             f"and teacher {tuple(teacher.shape)}"
         )
-    return _ChannelKL.apply(student, teacher.detach(), channel_dim, float(temperature))
+    return _ChannelKL.apply(student, teacher.detach(), channel_dim, float(temperature), compiled)
+
+
+def _kl_value_and_grad(student: Tensor, teacher: Tensor, dim: int, t: float) -> tuple[Tensor, Tensor]:
+    """``sum p_t * (log p_t - log p_s)`` over all positions, and ``p_s - p_t`` (the gradient / T)."""
+    log_student = F.log_softmax(student / t, dim=dim)
+    log_teacher = F.log_softmax(teacher / t, dim=dim)
+    p_teacher = log_teacher.exp()
+    total = (p_teacher * (log_teacher - log_student)).sum()
+    return total, log_student.exp() - p_teacher
+
+
+def _kl_value_and_grad_eager(student: Tensor, teacher: Tensor, dim: int, t: float) -> tuple[Tensor, Tensor]:
+    """:func:`_kl_value_and_grad` with as few elementwise passes as eager mode allows."""
+    if t != 1.0:
+        student, teacher = student / t, teacher / t
+    log_student = F.log_softmax(student, dim=dim)
+    log_teacher = F.log_softmax(teacher, dim=dim)
+    p_teacher = log_teacher.exp()
+    # The difference in place, then one BLAS dot: no per-position KL tensor. (Two dots, p.log_t - p.log_s,
+    # would save that pass but cancel catastrophically when the KL is near 0, as at the start of training.)
+    total = torch.dot(p_teacher.reshape(-1), log_teacher.sub_(log_student).reshape(-1))
+    return total, log_student.exp_().sub_(p_teacher)
+
+
+_compiled_kl: Callable[..., tuple[Tensor, Tensor]] | None = None
+_compile_failed = False
+
+
+def _fused_kl(student: Tensor, teacher: Tensor, dim: int, t: float) -> tuple[Tensor, Tensor]:
+    """The compiled kernel, built on first use; eager if compiling is not possible here."""
+    global _compiled_kl, _compile_failed
+    if not _compile_failed:
+        try:
+            if _compiled_kl is None:
+                _compiled_kl = torch.compile(_kl_value_and_grad)
+            return _compiled_kl(student, teacher, dim, t)
+        except Exception as err:  # a missing compiler or Triton shows up only at the first call
+            _compile_failed = True
+            warnings.warn(f"compiling the KL loss failed, using eager mode instead: {type(err).__name__}: "
+                          f"{str(err).splitlines()[0] if str(err) else ''}", RuntimeWarning, stacklevel=3)
+    return _kl_value_and_grad_eager(student, teacher, dim, t)
 
 
 class _ChannelKL(torch.autograd.Function):
     """:func:`channel_kl` with its gradient written out, ``T * (softmax(s/T) - softmax(t/T)) / positions``.
 
-    These are the largest tensors of a step, so every elementwise pass counts: the forward value
-    is one in-place difference and one BLAS dot product (no per-position KL tensor), and the
-    backward is one exp and two in-place passes instead of autograd's chain.
+    These are the largest tensors of a step, so every elementwise pass counts: the forward computes
+    the value and the unscaled gradient together and keeps only the gradient (one tensor instead of
+    two), and the backward is one multiplication.
     """
 
     @staticmethod
-    def forward(ctx: Any, student: Tensor, teacher: Tensor, dim: int, t: float) -> Tensor:
+    def forward(ctx: Any, student: Tensor, teacher: Tensor, dim: int, t: float, compiled: bool) -> Tensor:
         ctx.dtype = student.dtype
         with torch.autocast(student.device.type, enabled=False):
-            student, teacher = student.float(), teacher.float()
-            if t != 1.0:
-                student, teacher = student / t, teacher / t
-            log_student = F.log_softmax(student, dim=dim)
-            log_teacher = F.log_softmax(teacher, dim=dim)
-            p_teacher = log_teacher.exp()
-            # sum over everything of p_t * (log p_t - log p_s); log_teacher is not needed afterwards
-            total = torch.dot(p_teacher.reshape(-1), log_teacher.sub_(log_student).reshape(-1))
-        positions = max(log_student.numel() // max(log_student.shape[dim], 1), 1)
-        ctx.save_for_backward(log_student, p_teacher)
+            kernel = _fused_kl if compiled else _kl_value_and_grad_eager
+            total, grad = kernel(student.float(), teacher.float(), dim, t)
+        positions = max(grad.numel() // max(grad.shape[dim], 1), 1)
+        ctx.save_for_backward(grad)
         ctx.scale = t / positions
         return total * (t * t / positions)
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None, None]:
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None, None, None]:
         if not ctx.needs_input_grad[0]:
-            return None, None, None, None
-        log_student, p_teacher = ctx.saved_tensors
-        out = log_student.exp().sub_(p_teacher).mul_(grad * ctx.scale)  # saved tensors stay intact
-        return out.to(ctx.dtype), None, None, None
+            return None, None, None, None, None
+        (unscaled,) = ctx.saved_tensors
+        return (unscaled * (grad * ctx.scale)).to(ctx.dtype), None, None, None, None
 
 
 @dataclass
@@ -134,10 +172,11 @@ def _supervised(
     criterion: Criterion | None,
     teacher_logits: Tensor | None,
     temperature: float,
+    compiled: bool = False,
 ) -> Tensor:
     """CE against the labels, or, label-free, KL from the external teacher's logits."""
     if teacher_logits is not None:
-        return channel_kl(logits, teacher_logits, channel_dim=-1, temperature=temperature)
+        return channel_kl(logits, teacher_logits, channel_dim=-1, temperature=temperature, compiled=compiled)
     if target is None:
         raise ValueError("a target is needed when no teacher_logits are given (labels: none needs a teacher)")
     # nn.CrossEntropyLoss accepts class indices (B,) and probabilities (B, C), i.e. mixup's soft targets.
@@ -155,6 +194,7 @@ def _distill_terms(
     temperature: float,
     feature_kd: bool,
     logit_kd: bool,
+    compiled: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Unweighted ``(sum of feature KLs, logit KL)``; a disabled term is a zero tensor."""
     if not (feature_kd or logit_kd):
@@ -171,10 +211,12 @@ def _distill_terms(
             raise ValueError(f"got {len(dims)} channel_dims for {len(base_feats)} features")
         # Sum over stages, as in Algorithm 1 (not a mean): every stage is pulled equally hard.
         feat = sum(
-            (channel_kl(b, s, channel_dim=d, temperature=temperature) for b, s, d in zip(base_feats, super_feats, dims)),
+            (channel_kl(b, s, channel_dim=d, temperature=temperature, compiled=compiled)
+             for b, s, d in zip(base_feats, super_feats, dims)),
             start=zero,
         )
-    logit = channel_kl(base_logits, super_logits, channel_dim=-1, temperature=temperature) if logit_kd else zero
+    logit = (channel_kl(base_logits, super_logits, channel_dim=-1, temperature=temperature, compiled=compiled)
+             if logit_kd else zero)
     return feat, logit
 
 
@@ -187,13 +229,14 @@ def super_loss(
     teacher_logits: Tensor | None = None,
     temperature: float = 1.0,
     distill: bool = True,
+    compiled_kl: bool = False,
 ) -> Tensor:
     """The super-net half of :func:`adn_loss`: ``alpha * CE(super, y)`` (``CE / 2`` without distillation).
 
     For the sequential order: back-propagate it right after the super-net forward, then pass the
     super-net outputs (they are detached inside) to :func:`base_loss`.
     """
-    term = _supervised(super_logits, target, criterion, teacher_logits, temperature)
+    term = _supervised(super_logits, target, criterion, teacher_logits, temperature, compiled_kl)
     return term * (alpha if distill else 0.5)
 
 
@@ -216,6 +259,7 @@ def base_loss(
     kd_weight_pre_logits: float = 0.0,
     base_pre: Tensor | None = None,
     super_pre: Tensor | None = None,
+    compiled_kl: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The base-net half of :func:`adn_loss`.
 
@@ -225,10 +269,11 @@ def base_loss(
     """
     zero = base_logits.new_zeros((), dtype=torch.float32)
     if not distill:
-        return _supervised(base_logits, target, criterion, teacher_logits, temperature) * 0.5, zero, zero, zero
+        return (_supervised(base_logits, target, criterion, teacher_logits, temperature, compiled_kl) * 0.5,
+                zero, zero, zero)
     feat, logit = _distill_terms(
-        base_logits, base_feats, super_logits, super_feats,
-        channel_dims=channel_dims, temperature=temperature, feature_kd=feature_kd, logit_kd=logit_kd,
+        base_logits, base_feats, super_logits, super_feats, channel_dims=channel_dims, temperature=temperature,
+        feature_kd=feature_kd, logit_kd=logit_kd, compiled=compiled_kl,
     )
     pre = pre_logits_mse(base_pre, super_pre) if kd_weight_pre_logits else zero
     total = (1.0 - alpha) * (kd_weight_features * feat + logit + kd_weight_pre_logits * pre)
@@ -254,6 +299,7 @@ def adn_loss(
     kd_weight_pre_logits: float = 0.0,
     super_pre: Tensor | None = None,
     base_pre: Tensor | None = None,
+    compiled_kl: bool = False,
 ) -> LossParts:
     """Skip-aware self-distillation loss for one mini-batch (joint order).
 
@@ -273,18 +319,19 @@ def adn_loss(
         kd_weight_features: weight of the summed feature KLs relative to the logit KL.
         kd_weight_pre_logits: weight of :func:`pre_logits_mse` (an extension; 0 in the paper).
         super_pre, base_pre: the classifier's inputs of both passes, needed when that weight is set.
+        compiled_kl: compute every KL term with the fused kernel (see :func:`channel_kl`).
     """
     if not distill:
-        ce_super = _supervised(super_logits, target, criterion, teacher_logits, temperature)
-        ce_base = _supervised(base_logits, target, criterion, teacher_logits, temperature)
+        ce_super = _supervised(super_logits, target, criterion, teacher_logits, temperature, compiled_kl)
+        ce_base = _supervised(base_logits, target, criterion, teacher_logits, temperature, compiled_kl)
         total = 0.5 * ce_super + 0.5 * ce_base
         zero = total.new_zeros(())
         return LossParts(total=total, ce=total.detach(), feature_kd=zero, logit_kd=zero)
-    ce = _supervised(super_logits, target, criterion, teacher_logits, temperature)
+    ce = _supervised(super_logits, target, criterion, teacher_logits, temperature, compiled_kl)
     distilled, feat, logit, pre = base_loss(
         base_logits, base_feats, super_logits, super_feats, target, channel_dims=channel_dims, alpha=alpha,
         temperature=temperature, feature_kd=feature_kd, logit_kd=logit_kd, kd_weight_features=kd_weight_features,
-        kd_weight_pre_logits=kd_weight_pre_logits, base_pre=base_pre, super_pre=super_pre,
+        kd_weight_pre_logits=kd_weight_pre_logits, base_pre=base_pre, super_pre=super_pre, compiled_kl=compiled_kl,
     )
     return LossParts(total=alpha * ce + distilled, ce=ce.detach(), feature_kd=feat, logit_kd=logit,
                      pre_logits_kd=pre if kd_weight_pre_logits else None)

@@ -4,7 +4,10 @@ Time: one step = forward(s) + loss + backward(s) + SGD update, for
 
 - ``plain``: the unconverted network, cross-entropy (what ``adnify train --baseline`` runs);
 - ``joint``: Algorithm 1, super-net and base-net in one forward call, one backward;
-- ``sequential``: super forward+backward, then base forward+backward, one update.
+- ``sequential``: super forward+backward, then base forward+backward, one update;
+- ``joint-compiled``, ``sequential-compiled``: the same with ``compile_loss`` (each KL term one fused
+  ``torch.compile`` kernel), as the recipes other than ``finetune`` run it. Compiling happens in the
+  warm-up rounds.
 
 All variants run side by side in one process, interleaved in a shuffled order every round, so that
 load changes on the machine hit them alike; medians are reported (the paper pays about 1.66x a
@@ -41,7 +44,7 @@ from typing import Any
 
 import torch
 
-VARIANTS = ("plain", "joint", "sequential")
+VARIANTS = ("plain", "joint", "sequential", "joint-compiled", "sequential-compiled")
 
 
 def build(model: str, input_size: tuple[int, ...], batch: int, device: torch.device, seed: int = 0):
@@ -64,13 +67,14 @@ def make_step(variant: str, net: Any, accelerator: Any):
     else:
         module = AdnPair(copy.deepcopy(net)).train()
     optimizer = torch.optim.SGD(module.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
-    loss = LossConfig(channel_dims=tuple(s.channel_dim for s in net.plan.stages))
+    order, _, compiled = variant.partition("-")
+    loss = LossConfig(channel_dims=tuple(s.channel_dim for s in net.plan.stages), compiled_kl=compiled == "compiled")
 
     def step(x: torch.Tensor, y: torch.Tensor) -> None:
         if variant == "plain":
             plain_step(accelerator, module, x, y)
         else:
-            adn_step(accelerator, module, x, y, loss, order=variant)
+            adn_step(accelerator, module, x, y, loss, order=order)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -194,7 +198,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--variants", default="plain,joint,sequential", help=f"comma list of {', '.join(VARIANTS)}")
     parser.add_argument("--no-memory", action="store_true", help="Skip the peak-memory measurement.")
     parser.add_argument("--json", help="Also write the results to this file.")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)

@@ -42,7 +42,7 @@ def batch(n: int = 8, seed: int = 1):
 
 def config(**changes):
     cfg = dict(alpha=0.5, temperature=1.0, distill=True, feature_kd=True, logit_kd=True, kd_weight_features=1.0,
-               kd_weight_pre_logits=0.0)
+               kd_weight_pre_logits=0.0, compile_loss=False)
     cfg.update(changes)
     return cfg
 
@@ -60,8 +60,8 @@ def grads_after_step(net, accelerator, order, *, teacher=None, seed=0, **changes
 
 
 @pytest.mark.parametrize("changes", [{}, {"distill": False}, {"feature_kd": False}, {"alpha": 0.3, "temperature": 2.0},
-                                     {"kd_weight_pre_logits": 0.5}],
-                         ids=["paper", "no-distill", "logits-only", "alpha-T", "pre-logits"])
+                                     {"kd_weight_pre_logits": 0.5}, {"compile_loss": True}],
+                         ids=["paper", "no-distill", "logits-only", "alpha-T", "pre-logits", "compiled-kl"])
 def test_joint_and_sequential_orders_give_the_same_gradients(tiny_net, accelerator, changes):
     joint, parts_j = grads_after_step(tiny_net, accelerator, "joint", **changes)
     seq, parts_s = grads_after_step(tiny_net, accelerator, "sequential", **changes)

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from ..adaptive import AdaptiveNet
 from ..errors import AdnifyError
 from ..losses import LossParts, adn_loss, base_loss, channel_kl, super_loss
+from .prefix import SharedPrefix
 
 __all__ = ["AdnPair", "LossConfig", "adn_step", "drop_path_off", "freeze_bn_stats", "plain_step"]
 
@@ -69,10 +70,12 @@ class AdnPair(nn.Module):
     ``forward(x, "super")`` / ``forward(x, "base")`` return one of them (the sequential order).
     Stochastic depth is off on the base-net pass. With ``pre_logits=True`` each ``feats`` list
     ends with the classifier's input (timm's ``get_classifier()``), after the stage outputs: it has
-    to come out of the forward call itself to be DDP-safe.
+    to come out of the forward call itself to be DDP-safe. With ``share_prefix=True`` a base-net
+    pass right after a super-net pass on the same images reuses the layers before the first
+    adaptive stage (:mod:`adnify.train.prefix`): the same gradients, one stem computation less.
     """
 
-    def __init__(self, net: AdaptiveNet, *, pre_logits: bool = False) -> None:
+    def __init__(self, net: AdaptiveNet, *, pre_logits: bool = False, share_prefix: bool = True) -> None:
         super().__init__()
         self.net = net
         self.super_pattern = "F" * net.num_stages
@@ -85,6 +88,14 @@ class AdnPair(nn.Module):
                 raise AdnifyError(f"kd_weight_pre_logits needs a classifier layer; {type(net.model).__name__} "
                                   "has none (timm get_classifier())")
             self._classifier = (classifier,)
+        first = net.plan.stages[0] if net.plan.stages else None
+        self._prefix = (SharedPrefix(net.model, net.model.get_submodule((first.mandatory + first.skippable)[0]))
+                        if share_prefix and first is not None else None)
+
+    def _prefix_step(self, x: Tensor, role: str, *, detach: bool = False) -> contextlib.AbstractContextManager:
+        if self._prefix is None:
+            return contextlib.nullcontext()
+        return self._prefix.record(x, detach=detach) if role == "record" else self._prefix.replay(x)
 
     def _run(self, x: Tensor, pattern: str) -> tuple[Tensor, list[Tensor]]:
         if not self._classifier:
@@ -99,14 +110,17 @@ class AdnPair(nn.Module):
         return logits, [*feats, seen[-1]]
 
     def forward(self, x: Tensor, which: str = "both") -> Any:
-        if which == "super":
-            return self._run(x, self.super_pattern)
-        if which == "base":
-            with drop_path_off(self._drop_paths):
-                return self._run(x, self.base_pattern)
-        if which != "both":
+        if which not in ("both", "super", "base"):
             raise ValueError(f"which must be 'both', 'super' or 'base', not {which!r}")
-        return self.forward(x, "super"), self.forward(x, "base")
+        outputs = []
+        if which != "base":
+            # Alone (the sequential order), the super-net's backward stops at the prefix output.
+            with self._prefix_step(x, "record", detach=which == "super"):
+                outputs.append(self._run(x, self.super_pattern))
+        if which != "super":
+            with self._prefix_step(x, "replay"), drop_path_off(self._drop_paths):
+                outputs.append(self._run(x, self.base_pattern))
+        return tuple(outputs) if which == "both" else outputs[0]
 
 
 @dataclass(frozen=True)
@@ -121,6 +135,7 @@ class LossConfig:
     logit_kd: bool = True
     kd_weight_features: float = 1.0
     kd_weight_pre_logits: float = 0.0
+    compiled_kl: bool = False
 
     @classmethod
     def from_config(cls, config: dict[str, Any], net: AdaptiveNet) -> "LossConfig":
@@ -129,13 +144,14 @@ class LossConfig:
             alpha=config["alpha"], temperature=config["temperature"], distill=config["distill"],
             feature_kd=config["feature_kd"], logit_kd=config["logit_kd"],
             kd_weight_features=config["kd_weight_features"],
-            kd_weight_pre_logits=config["kd_weight_pre_logits"],
+            kd_weight_pre_logits=config["kd_weight_pre_logits"], compiled_kl=config["compile_loss"],
         )
 
     def kwargs(self) -> dict[str, Any]:
         return dict(channel_dims=list(self.channel_dims), alpha=self.alpha, temperature=self.temperature,
                     feature_kd=self.feature_kd, logit_kd=self.logit_kd, distill=self.distill,
-                    kd_weight_features=self.kd_weight_features, kd_weight_pre_logits=self.kd_weight_pre_logits)
+                    kd_weight_features=self.kd_weight_features, kd_weight_pre_logits=self.kd_weight_pre_logits,
+                    compiled_kl=self.compiled_kl)
 
     def split(self, feats: list[Tensor]) -> tuple[list[Tensor], Tensor | None]:
         """Stage outputs and, when the pass returned one more tensor, its pre-logit features
@@ -182,7 +198,7 @@ def adn_step(
         with accelerator.autocast():
             s_logits, s_feats = model(x, "super")
             ce = super_loss(s_logits, target, alpha=1.0, criterion=criterion, teacher_logits=teacher_logits,
-                            temperature=loss.temperature)
+                            temperature=loss.temperature, compiled_kl=loss.compiled_kl)
         weight = loss.alpha if loss.distill else 0.5
         if ce.requires_grad:  # not when only the skip-aware norms train (train_params: skip_norms)
             accelerator.backward(ce * weight)
