@@ -111,6 +111,8 @@ _SCHEMA: dict[str, _Key] = {
                                  "(the classifier's input); 0 = off, as in the paper"),
     "compile_loss": _Key(False, bool, "fuse each KL term into one kernel with torch.compile (needs a C++ compiler "
                          "on CPU, Triton on CUDA; falls back to eager): the same loss, 2-3x faster"),
+    "share_prefix": _Key(True, bool, "compute the layers before the first adaptive stage once for both passes "
+                         "(same gradients); false recomputes them in the base-net pass"),
     "train_params": _Key("all", str, "all, or skip_norms: train only the skip-aware norm copies, so the "
                          "super-net stays exactly the converted model", choices=("all", "skip_norms")),
     "shared_norms": _Key(False, bool, "one norm copy for both paths (the no-skip-aware-norms ablation)"),

@@ -368,3 +368,17 @@ def test_a_missing_directory_is_named_as_neither_model_nor_directory(digits, tmp
     message = error_of(invoke("lite0-adn", "--data", digits, "-o", tmp_path / "run"))
     assert "unknown model 'lite0-adn'" in message and "no model directory named 'lite0-adn'" in message
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("order", ["joint", "sequential"])
+def test_sharing_the_stem_between_passes_trains_the_same_parameters(model_dir, digits, tmp_path, order):
+    """share_prefix (on in every recipe) computes the stem once; the parameters it produces are the same."""
+    runs = {share: run(model_dir, digits, tmp_path / str(share), max_steps=3,
+                       overrides=dict(order=order, share_prefix=share, drop_path=0.0))
+            for share in (True, False)}
+    assert all(r.step == 3 for r in runs.values())
+    shared, separate = (weights(tmp_path / str(s) / "final") for s in (True, False))
+    for name, value in shared.items():
+        if "running_" in name or "num_batches" in name:
+            continue  # the stem's BatchNorm updates once per step when shared, twice when not
+        torch.testing.assert_close(value, separate[name], rtol=1e-3, atol=1e-5, msg=name)

@@ -217,7 +217,8 @@ def prepare_session(
         run.remove_stale()
     accelerator.wait_for_everyone()
 
-    module = trained if pattern else AdnPair(net, pre_logits=config["kd_weight_pre_logits"] > 0)
+    module = trained if pattern else AdnPair(
+        net, pre_logits=config["kd_weight_pre_logits"] > 0, share_prefix=config["share_prefix"])
     model, optimizer, loader = accelerator.prepare(module, optimizer, loader)  # evaluate_patterns shards `evaluation`
     if teacher is not None:
         teacher.to(accelerator.device)
