@@ -5,6 +5,8 @@ Time: one step = forward(s) + loss + backward(s) + SGD update, for
 - ``plain``: the unconverted network, cross-entropy (what ``adnify train --baseline`` runs);
 - ``joint``: Algorithm 1, super-net and base-net in one forward call, one backward;
 - ``sequential``: super forward+backward, then base forward+backward, one update;
+- ``joint-unshared``, ``sequential-unshared``: the base-net pass recomputes the stem
+  (``share_prefix: false``), to see what sharing it saves;
 - ``joint-compiled``, ``sequential-compiled``: the same with ``compile_loss`` (each KL term one fused
   ``torch.compile`` kernel), as the recipes other than ``finetune`` run it. Compiling happens in the
   warm-up rounds.
@@ -44,7 +46,8 @@ from typing import Any
 
 import torch
 
-VARIANTS = ("plain", "joint", "sequential", "joint-compiled", "sequential-compiled")
+VARIANTS = ("plain", "joint", "sequential", "joint-unshared", "sequential-unshared", "joint-compiled",
+            "sequential-compiled")
 
 
 def build(model: str, input_size: tuple[int, ...], batch: int, device: torch.device, seed: int = 0):
@@ -65,10 +68,10 @@ def make_step(variant: str, net: Any, accelerator: Any):
     if variant == "plain":
         module = net.export("F" * net.num_stages).train()
     else:
-        module = AdnPair(copy.deepcopy(net)).train()
+        module = AdnPair(copy.deepcopy(net), share_prefix=not variant.endswith("-unshared")).train()
     optimizer = torch.optim.SGD(module.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
-    order, _, compiled = variant.partition("-")
-    loss = LossConfig(channel_dims=tuple(s.channel_dim for s in net.plan.stages), compiled_kl=compiled == "compiled")
+    order, _, option = variant.partition("-")
+    loss = LossConfig(channel_dims=tuple(s.channel_dim for s in net.plan.stages), compiled_kl=option == "compiled")
 
     def step(x: torch.Tensor, y: torch.Tensor) -> None:
         if variant == "plain":
