@@ -33,6 +33,8 @@ from adnify.costs import count_macs, pattern_costs
 from adnify.norms import is_norm
 from adnify.skipping import SkipAwareNorm
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TOL = 1e-5
 ALL_PATTERNS_UP_TO = 5  # stages; beyond, a sample of patterns runs
 
@@ -130,14 +132,6 @@ def randomize(model: nn.Module) -> None:
             else:
                 p.copy_(torch.empty_like(p).uniform_(0.5, 1.0, generator=g))
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small models on a shared 2-core machine run many times faster on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @dataclass

@@ -6,11 +6,12 @@ import copy
 
 import pytest
 import torch
-from accelerate import Accelerator
 from torch import nn
 
 import adnify
 from adnify.train.steps import AdnPair, LossConfig, adn_step
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 MODELS = {
     "resnet": lambda: adnify.convert("resnet18", num_classes=10, channels=(8, 16, 32, 64), stem_width=8,
@@ -20,18 +21,6 @@ MODELS = {
                                   input_size=(3, 32, 32)),
 }
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def accelerator():
-    return Accelerator(cpu=True)
 
 
 def step(net: adnify.AdaptiveNet, accelerator, order: str, share: bool, dtype: torch.dtype = torch.float32):

@@ -6,7 +6,6 @@ import copy
 
 import pytest
 import torch
-from accelerate import Accelerator
 
 import adnify
 from adnify.train.modeling import baseline_into_net, frozen_teacher, train_only_skip_norms, with_shared_norms
@@ -15,24 +14,13 @@ from adnify.train.steps import AdnPair, LossConfig, adn_step, drop_path_off, fre
 TINY = dict(num_classes=10, channels=(8, 16, 32, 64), stem_width=8, zero_init_last=False)  # every branch live
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small convolutions on a shared CPU are fastest (and deterministic) on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def tiny_net():
     torch.manual_seed(0)
     return adnify.convert("resnet18", drop_path_rate=0.2, **TINY)
-
-
-@pytest.fixture(scope="module")
-def accelerator():
-    return Accelerator(cpu=True)
 
 
 def batch(n: int = 8, seed: int = 1):
