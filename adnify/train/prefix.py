@@ -46,9 +46,10 @@ class SharedPrefix:
     Args:
         model: the wrapped timm model (``AdaptiveNet.model``).
         first_block: the first mandatory block of the first adaptive stage: where ``z`` enters.
+            None turns sharing off: both passes compute the prefix.
     """
 
-    def __init__(self, model: nn.Module, first_block: nn.Module) -> None:
+    def __init__(self, model: nn.Module, first_block: nn.Module | None) -> None:
         self.first_block = first_block
         self._parents = {id(child): parent for parent in model.modules() for child in parent.children()}
         self._model = model
@@ -68,6 +69,9 @@ class SharedPrefix:
         ``detach=True`` (sequential order) makes the pass continue from a leaf copy of ``z``.
         """
         self._clear()
+        if self.first_block is None:
+            yield
+            return
         calls: dict[int, int] = {}
         finished: list[nn.Module] = []
         watched = self._outermost if self._outermost is not None else list(self._model.modules())

@@ -88,14 +88,9 @@ class AdnPair(nn.Module):
                 raise AdnifyError(f"kd_weight_pre_logits needs a classifier layer; {type(net.model).__name__} "
                                   "has none (timm get_classifier())")
             self._classifier = (classifier,)
-        first = net.plan.stages[0] if net.plan.stages else None
-        self._prefix = (SharedPrefix(net.model, net.model.get_submodule((first.mandatory + first.skippable)[0]))
-                        if share_prefix and first is not None else None)
-
-    def _prefix_step(self, x: Tensor, role: str, *, detach: bool = False) -> contextlib.AbstractContextManager:
-        if self._prefix is None:
-            return contextlib.nullcontext()
-        return self._prefix.record(x, detach=detach) if role == "record" else self._prefix.replay(x)
+        first = net.plan.stages[0] if share_prefix and net.plan.stages else None
+        self._prefix = SharedPrefix(
+            net.model, net.model.get_submodule((first.mandatory + first.skippable)[0]) if first else None)
 
     def _run(self, x: Tensor, pattern: str) -> tuple[Tensor, list[Tensor]]:
         if not self._classifier:
@@ -115,10 +110,10 @@ class AdnPair(nn.Module):
         outputs = []
         if which != "base":
             # Alone (the sequential order), the super-net's backward stops at the prefix output.
-            with self._prefix_step(x, "record", detach=which == "super"):
+            with self._prefix.record(x, detach=which == "super"):
                 outputs.append(self._run(x, self.super_pattern))
         if which != "super":
-            with self._prefix_step(x, "replay"), drop_path_off(self._drop_paths):
+            with self._prefix.replay(x), drop_path_off(self._drop_paths):
                 outputs.append(self._run(x, self.base_pattern))
         return tuple(outputs) if which == "both" else outputs[0]
 
