@@ -12,8 +12,15 @@ from .errors import AdnifyError, UnknownModelError
 
 def is_model_dir(path: str | Path) -> bool:
     """A directory written by ``AdaptiveNet.save`` or a training run holding one."""
-    p = Path(path)
-    return (p / "adnify.json").is_file() or (p / "final" / "adnify.json").is_file()
+    from .storage import model_dir
+
+    return model_dir(path) is not None
+
+
+def require_name(source: str) -> None:
+    """Raise unless ``source``, which is no model directory, reads as a model name rather than a path."""
+    if Path(source).exists() or source.startswith((".", "/", "~")):
+        raise AdnifyError(f"{source} is neither an adnify model directory nor a training run (no adnify.json)")
 
 
 def open_source(source: str, **convert_options: Any) -> AdaptiveNet:
@@ -22,8 +29,7 @@ def open_source(source: str, **convert_options: Any) -> AdaptiveNet:
 
     if is_model_dir(source):
         return load(source)
-    if Path(source).exists() or source.startswith((".", "/", "~")):
-        raise AdnifyError(f"{source} is neither an adnify model directory nor a training run (no adnify.json)")
+    require_name(source)
     with named_source(source):
         return convert(source, **convert_options)
 

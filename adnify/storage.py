@@ -51,18 +51,26 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
         raise AdnifyError(f"{path} is not valid JSON: {e}") from e
 
 
-def load(directory: str | os.PathLike, *, model: nn.Module | None = None) -> AdaptiveNet:
+def model_dir(path: str | os.PathLike) -> Path | None:
+    """The directory holding ``adnify.json``: ``path`` itself or a training run's ``final``; else None."""
+    for directory in (Path(path), Path(path) / "final"):
+        if (directory / CONFIG_NAME).is_file():
+            return directory
+    return None
+
+
+def load(directory: str | os.PathLike, *, model: nn.Module | None = None,
+         model_kwargs: dict[str, Any] | None = None) -> AdaptiveNet:
     """Rebuild a saved adaptive model offline: create the architecture, re-apply the plan, load weights.
 
     Args:
         directory: what :meth:`AdaptiveNet.save` wrote (or a training run directory).
         model: the un-converted module, for models that are not timm models.
+        model_kwargs: ``timm.create_model`` arguments that override the saved ones (e.g. ``drop_path_rate``).
     """
     from safetensors.torch import load_model
 
-    directory = Path(directory)
-    if (directory / "final" / CONFIG_NAME).is_file() and not (directory / CONFIG_NAME).is_file():
-        directory = directory / "final"  # a training run directory
+    directory = model_dir(directory) or Path(directory)
     config = read_config(directory)
     if config.get("format_version", 1) > FORMAT_VERSION:
         raise AdnifyError(f"{directory} was written by a newer adnify ({config.get('adnify_version')}): upgrade adnify")
@@ -72,7 +80,8 @@ def load(directory: str | os.PathLike, *, model: nn.Module | None = None) -> Ada
             raise AdnifyError(f"{directory} holds a non-timm model ({source.get('class')}): pass model=<module> to load()")
         import timm
 
-        model = timm.create_model(source["model"], pretrained=False, **source.get("kwargs", {}))
+        kwargs = {**source.get("kwargs", {}), **(model_kwargs or {})}
+        model = timm.create_model(source["model"], pretrained=False, **kwargs)
     net = AdaptiveNet(model, Plan.from_dict(config["plan"]), source=source, shared_norms=config.get("shared_norms", False))
     weights = directory / WEIGHTS_NAME
     if not weights.is_file():

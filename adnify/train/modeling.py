@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -26,23 +25,6 @@ def _drop_path_kwargs(config: dict[str, Any]) -> dict[str, Any]:
     return {} if rate is None else {"drop_path_rate": float(rate)}
 
 
-def _load_dir(path: str, config: dict[str, Any]) -> AdaptiveNet:
-    """Load a saved model or run directory, rebuilt with the recipe's drop-path rate."""
-    import timm
-
-    from ..storage import load, read_config
-
-    directory = Path(path)
-    if not (directory / "adnify.json").is_file() and (directory / "final" / "adnify.json").is_file():
-        directory = directory / "final"
-    source = read_config(directory)["source"]
-    model = None
-    if source.get("model"):
-        kwargs = {**source.get("kwargs", {}), **_drop_path_kwargs(config)}
-        model = timm.create_model(source["model"], pretrained=False, **kwargs)
-    return load(directory, model=model)
-
-
 def open_model(
     source: str | nn.Module,
     config: dict[str, Any],
@@ -63,8 +45,8 @@ def open_model(
             training with labels and the user did not choose a head size.
         labels: whether the labels are used (label-free runs keep the original head: it is the teacher's).
     """
-    from .. import convert
-    from ..sources import is_model_dir, named_source
+    from .. import convert, load
+    from ..sources import is_model_dir, named_source, require_name
 
     notes: list[str] = []
     options = dict(convert_options)
@@ -75,10 +57,9 @@ def open_model(
     elif isinstance(source, nn.Module):
         net = convert(source, **options)
     elif is_model_dir(source):
-        net = _load_dir(source, config)
-    elif Path(source).exists() or source.startswith((".", "/", "~")):
-        raise AdnifyError(f"{source} is neither an adnify model directory nor a training run (no adnify.json)")
+        net = load(source, model_kwargs=_drop_path_kwargs(config))  # rebuilt with the recipe's drop-path rate
     else:
+        require_name(source)
         # A timm name: the head fits the labelled data unless the user chose its size. Pretrained
         # weights load into the original head first, which is then replaced.
         if wanted is None and labels and num_classes is not None:
