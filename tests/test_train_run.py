@@ -242,8 +242,14 @@ def test_label_free_run_distils_from_the_frozen_original(model_dir, digits, tmp_
     assert torch.equal(weights(out / "start")["fc.weight"], weights(model_dir)["fc.weight"])
 
 
-def test_finetune_recipe_keeps_the_super_net_and_trains_the_base_net(model_dir, digits, tmp_path):
-    """The finetune recipe: only the skip-aware norm copies train; epoch 0 is evaluated first."""
+def test_finetune_recipe_keeps_the_super_net_and_trains_the_base_net(model_dir, digits, tmp_path, monkeypatch):
+    """The finetune recipe: only the skip-aware norm copies train; epoch 0 is evaluated first; the
+    frozen super-net is the teacher, so no frozen copy of it is built (or run every step)."""
+    import adnify.train.session
+
+    def no_copy(net):
+        raise AssertionError("a frozen teacher copy was built")
+    monkeypatch.setattr(adnify.train.session, "frozen_teacher", no_copy)
     out = tmp_path / "run"
     fast = {k: v for k, v in FAST.items() if k != "lr"}
     train(str(model_dir), data=str(digits), output=out, recipe="finetune", overrides={**fast, "epochs": 2},
@@ -254,6 +260,13 @@ def test_finetune_recipe_keeps_the_super_net_and_trains_the_base_net(model_dir, 
     evals = records(out, "eval")
     assert [r["epoch"] for r in evals] == [0, 1, 2]  # epoch 0: naive block dropping
     assert all(r["loss_pre_logits_kd"] >= 0 and r["loss_feature_kd"] == 0 for r in records(out, "train"))
+    assert all(r["loss_ce"] == 0 for r in records(out, "train"))  # the super-net is its own teacher
+
+
+def test_skip_norms_with_batchnorm_in_train_mode_is_an_error(model_dir, digits, tmp_path):
+    with pytest.raises(AdnifyError, match="freeze_bn_stats"):
+        run(model_dir, digits, tmp_path / "run", overrides=dict(train_params="skip_norms", freeze_bn_stats=False))
+    assert not (tmp_path / "run").exists()
 
 
 def test_timm_name_is_converted_on_the_fly_with_a_head_for_the_data(digits, tmp_path):

@@ -111,6 +111,26 @@ def test_training_only_the_skip_norms_leaves_the_super_net_exactly_as_converted(
         train_only_skip_norms(with_shared_norms(tiny_net))
 
 
+@pytest.mark.parametrize("order", ["joint", "sequential"])
+def test_a_frozen_super_net_is_its_own_teacher_with_the_gradients_of_the_frozen_copy(tiny_net, accelerator, order):
+    """train_params: skip_norms, label-free: the copy's forward is saved, nothing else changes."""
+    net = copy.deepcopy(tiny_net).eval()  # eval: the super-net computes the converted model exactly
+    train_only_skip_norms(net)
+    x, _ = batch()
+    loss = LossConfig.from_config(config(kd_weight_pre_logits=1.0), net)
+    grads = []
+    for kwargs in (dict(teacher_logits=frozen_teacher(net)(x)), dict(super_is_teacher=True)):
+        net.zero_grad(set_to_none=True)
+        parts = adn_step(accelerator, AdnPair(net, pre_logits=True), x, None, loss, order=order, **kwargs)
+        grads.append({n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=0, atol=0, msg=name)
+    assert parts.ce == 0
+    with pytest.raises(ValueError, match="super_is_teacher"):
+        adn_step(accelerator, AdnPair(net), x, batch()[1], loss, order=order, super_is_teacher=True)
+
+
 def test_label_free_orders_agree_and_use_the_teacher(tiny_net, accelerator):
     teacher = frozen_teacher(tiny_net)
     joint, parts = grads_after_step(tiny_net, accelerator, "joint", teacher=teacher)

@@ -135,7 +135,8 @@ def _one_step(session: Session, images: torch.Tensor, labels: torch.Tensor, stop
                            teacher_logits=teacher_logits, temperature=cfg["temperature"])
     else:
         parts = adn_step(acc, session.model, images, target, session.loss, order=cfg["order"],
-                         criterion=session.criterion, teacher_logits=teacher_logits)
+                         criterion=session.criterion, teacher_logits=teacher_logits,
+                         super_is_teacher=session.super_is_teacher)
     pre = parts.pre_logits_kd if parts.pre_logits_kd is not None else parts.logit_kd.new_zeros(())
     local = torch.stack([parts.total.detach().float(), parts.ce.float(), parts.feature_kd.float(),
                          parts.logit_kd.float(), pre.float(), torch.tensor(float(stop.requested), device=parts.total.device)])

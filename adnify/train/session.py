@@ -63,6 +63,11 @@ class Session:
     def labels(self) -> bool:
         return self.config["labels"] != "none"
 
+    @property
+    def super_is_teacher(self) -> bool:
+        """Label-free with a frozen super-net: the super-net itself is the teacher (no copy runs)."""
+        return not self.labels and self.teacher is None and not self.baseline
+
 
 def make_accelerator(config: dict[str, Any], run: RunDir, *, mixed_precision: str, cpu: bool,
                      log_with: str | None, find_unused: bool) -> Any:
@@ -178,7 +183,8 @@ def prepare_session(
     data = _load_data(info, config, accelerator)
     net = _open_net(source, run, resume, config, info, data, notes)
     _fit_labels(data, net, config["labels"] != "none", notes)
-    teacher = frozen_teacher(net) if config["labels"] == "none" else None
+    # With train_params: skip_norms the super-net *is* the converted model, so it is its own teacher.
+    teacher = frozen_teacher(net) if config["labels"] == "none" and config["train_params"] != "skip_norms" else None
     pattern = info.get("baseline")
     if pattern:
         try:
@@ -189,8 +195,12 @@ def prepare_session(
     if config["train_params"] == "skip_norms":
         if pattern:
             raise AdnifyError("train_params: skip_norms trains an adaptive net's norm copies; --baseline has none")
+        if not config["freeze_bn_stats"]:
+            raise AdnifyError("train_params: skip_norms keeps the super-net as converted, which needs freeze_bn_stats: "
+                              "true (BatchNorm in train mode would update its statistics)")
         count = train_only_skip_norms(net)
-        notes.append(f"training only the skip-aware norm copies ({count:,} values): the super-net stays as converted")
+        notes.append(f"training only the skip-aware norm copies ({count:,} values): the super-net stays as converted"
+                     + (" and is the base-net's teacher" if teacher is None and config["labels"] == "none" else ""))
     info.update(num_classes=head_size(net), class_names=data.class_names, adnify_version=__version__)
 
     world = accelerator.num_processes

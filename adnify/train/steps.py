@@ -166,6 +166,7 @@ def adn_step(
     order: str = "joint",
     criterion: Callable[[Tensor, Tensor], Tensor] | None = None,
     teacher_logits: Tensor | None = None,
+    super_is_teacher: bool = False,
 ) -> LossParts:
     """Forward and backward of one mini-batch; gradients are left in ``.grad`` for the caller's step.
 
@@ -177,10 +178,16 @@ def adn_step(
         order: ``joint`` or ``sequential``.
         criterion: supervised loss, default cross-entropy.
         teacher_logits: label-free fine-tuning: ``KL(y_teacher || y_super)`` replaces the CE term.
+        super_is_teacher: label-free, with no super-net parameter training (``train_params:
+            skip_norms``): the super-net computes the converted model, so it is its own teacher. Its
+            term is zero and no frozen copy has to run.
     """
+    if super_is_teacher and (teacher_logits is not None or target is not None):
+        raise ValueError("super_is_teacher is label-free: pass neither target nor teacher_logits")
     if order == "joint":
         with accelerator.autocast():
             (s_logits, s_feats), (b_logits, b_feats) = model(x)
+            teacher_logits = s_logits.detach() if super_is_teacher else teacher_logits
             (s_feats, s_pre), (b_feats, b_pre) = loss.split(s_feats), loss.split(b_feats)
             parts = adn_loss(s_logits, b_logits, s_feats, b_feats, target, teacher_logits=teacher_logits,
                              criterion=criterion, super_pre=s_pre, base_pre=b_pre, **loss.kwargs())
@@ -192,6 +199,7 @@ def adn_step(
     with accelerator.no_sync(model):
         with accelerator.autocast():
             s_logits, s_feats = model(x, "super")
+            teacher_logits = s_logits.detach() if super_is_teacher else teacher_logits
             ce = super_loss(s_logits, target, alpha=1.0, criterion=criterion, teacher_logits=teacher_logits,
                             temperature=loss.temperature, compiled_kl=loss.compiled_kl)
         weight = loss.alpha if loss.distill else 0.5
