@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -23,16 +24,61 @@ MODELS = {
 
 
 
-def step(net: adnify.AdaptiveNet, accelerator, order: str, share: bool, dtype: torch.dtype = torch.float32):
-    """One adnify training step; returns the loss parts, the gradients and the net."""
+def step(net: adnify.AdaptiveNet, accelerator, order: str, share: bool, dtype: torch.dtype = torch.float32,
+         steps: int = 1):
+    """``steps`` adnify training steps (SGD); returns the last loss parts, its gradients and the net."""
     net = copy.deepcopy(net).to(dtype)
     pair = AdnPair(net, share_prefix=share).train()
-    g = torch.Generator().manual_seed(1)
-    x, y = torch.randn(4, 3, 32, 32, generator=g, dtype=dtype), torch.randint(0, 10, (4,), generator=g)
-    torch.manual_seed(0)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
     loss = LossConfig(channel_dims=tuple(s.channel_dim for s in net.plan.stages))
-    parts = adn_step(accelerator, pair, x, y, loss, order=order)
+    for i in range(steps):
+        g = torch.Generator().manual_seed(1 + i)
+        x, y = torch.randn(4, 3, 32, 32, generator=g, dtype=dtype), torch.randint(0, 10, (4,), generator=g)
+        torch.manual_seed(i)
+        if i:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        parts = adn_step(accelerator, pair, x, y, loss, order=order)
     return parts, {n: p.grad for n, p in net.named_parameters()}, net
+
+
+class LongSkip(nn.Module):
+    """A stem whose output also reaches the head, past every stage: it cannot be shared as usual."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8))
+        self.blocks = nn.Sequential(*[_Residual(8) for _ in range(4)])
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.stem(x)
+        return self.fc(torch.cat([self.blocks(z).mean((2, 3)), z.mean((2, 3))], 1))
+
+
+class _Residual(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + torch.relu(self.bn(self.conv(x)))
+
+
+@pytest.mark.parametrize("order", ["joint", "sequential"])
+def test_a_stem_used_again_after_the_stages_trains_as_without_sharing(order, accelerator):
+    """The sequential order finds the reuse on its first step, warns once and stops sharing."""
+    torch.manual_seed(0)
+    net = adnify.convert(LongSkip(), input_size=(3, 32, 32))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        shared, grads, _ = step(net, accelerator, order, share=True, dtype=torch.float64, steps=3)
+    separate, reference, _ = step(net, accelerator, order, share=False, dtype=torch.float64, steps=3)
+    reuse = [w for w in caught if "again later" in str(w.message)]
+    assert len(reuse) == (order == "sequential")
+    torch.testing.assert_close(shared.total, separate.total)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, reference[name], rtol=1e-6, atol=1e-9, msg=name)
 
 
 @pytest.mark.parametrize("order", ["joint", "sequential"])
@@ -41,7 +87,9 @@ def test_sharing_the_prefix_leaves_loss_and_gradients_unchanged(family, order, a
     torch.manual_seed(0)
     net = MODELS[family]()
     # float64: where a train-mode BatchNorm follows, some true gradients are 0 and float32 leaves only noise
-    shared, grads, _ = step(net, accelerator, order, share=True, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no family here reuses its stem: no fallback
+        shared, grads, _ = step(net, accelerator, order, share=True, dtype=torch.float64)
     separate, reference, _ = step(net, accelerator, order, share=False, dtype=torch.float64)
     torch.testing.assert_close(shared.total, separate.total)
     assert grads.keys() == reference.keys()

@@ -13,11 +13,17 @@ passes' gradients in one backward:
 
 BatchNorm layers in the prefix update their running statistics once per step, as in plain training,
 and a dropout layer there (a ViT's ``pos_drop``) draws one mask for both passes.
+
+A model that feeds a prefix output to later layers too (a long skip from the stem) cannot stop the
+super-net's backward at ``z``. The first sequential pass finds this in the autograd graph; that
+step's base-net pass then recomputes the prefix (still adding the super-net's gradient at ``z``), and
+sharing stays off from then on, with one warning.
 """
 
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Any, Iterator
 
 import torch
@@ -40,6 +46,28 @@ class _AddGrad(torch.autograd.Function):
         return grad + extra, None
 
 
+def _reaches(roots: list[Any], targets: set[int]) -> bool:
+    """Whether a walk of the autograd graph from ``roots`` meets a node whose id is in ``targets``."""
+    seen: dict[int, Any] = {}  # holding the nodes keeps their ids unique during the walk
+    stack = [r for r in roots if r is not None]
+    while stack:
+        node = stack.pop()
+        if id(node) in targets:
+            return True
+        if id(node) not in seen:
+            seen[id(node)] = node
+            stack.extend(n for n, _ in node.next_functions if n is not None)
+    return False
+
+
+def _tensors(value: Any) -> list[Tensor]:
+    if isinstance(value, Tensor):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _tensors(v)]
+    return []
+
+
 class SharedPrefix:
     """Records the prefix during a super-net pass and replays it in the following base-net pass.
 
@@ -54,6 +82,8 @@ class SharedPrefix:
         self._parents = {id(child): parent for parent in model.modules() for child in parent.children()}
         self._model = model
         self._outermost: list[nn.Module] | None = None  # found on the first recorded pass
+        self._checked = False  # whether a sequential pass has looked for later uses of the prefix
+        self._reused = False
         self._clear()
 
     def _clear(self) -> None:
@@ -109,6 +139,21 @@ class SharedPrefix:
         if self._z is None or any(calls.get(id(m), 0) != 1 for m in self._outermost or ()):
             self._clear()  # a layer ran twice in the prefix (or never): replaying it would be wrong
 
+    def check_reuse(self, outputs: Any) -> None:
+        """After the first detached super-net pass: do its ``outputs`` depend on the prefix other
+        than through ``z``? Then this step's base-net pass recomputes the prefix, and sharing ends."""
+        if self._checked or self._z_leaf is None:
+            return
+        self._checked = True
+        targets = {id(t.grad_fn) for t in _tensors(list(self._outputs.values())) if t.grad_fn is not None}
+        if self._z is not None and self._z.grad_fn is not None:
+            targets.add(id(self._z.grad_fn))
+        if _reaches([t.grad_fn for t in _tensors(outputs)], targets):
+            self._reused = True
+            warnings.warn(f"{type(self._model).__name__} uses the output of its layers before the first adaptive "
+                          "stage again later; the two passes of a sequential step compute them separately "
+                          "(share_prefix is off for this model)", RuntimeWarning, stacklevel=3)
+
     @contextlib.contextmanager
     def replay(self, x: Tensor) -> Iterator[None]:
         """Run a base-net pass inside: the prefix layers return what they returned for ``x`` before."""
@@ -116,15 +161,19 @@ class SharedPrefix:
             self._clear()
             yield
             return
-        z, leaf, outputs = self._z, self._z_leaf, self._outputs
+        z, leaf, outputs, recompute = self._z, self._z_leaf, self._outputs, self._reused
+        outermost, first_block = self._outermost, self.first_block
         self._clear()
+        if recompute:
+            self.first_block = None  # from the next step on, both passes compute the prefix
         in_prefix = [True]
 
         def enter(_module: nn.Module, args: tuple) -> tuple:
             in_prefix[0] = False
+            start = args[0] if recompute else z
             if leaf is not None and leaf.grad is not None:
-                return (_AddGrad.apply(z, leaf.grad), *args[1:])
-            return (z, *args[1:])
+                return (_AddGrad.apply(start, leaf.grad), *args[1:])
+            return (start, *args[1:])
 
         def replaying(module: nn.Module) -> Any:
             real = module.forward
@@ -134,12 +183,13 @@ class SharedPrefix:
 
             return forward
 
-        for m in self._outermost:
+        replayed = [] if recompute else outermost
+        for m in replayed:
             m.forward = replaying(m)  # an instance attribute shadows the class's forward
-        handle = self.first_block.register_forward_pre_hook(enter)
+        handle = first_block.register_forward_pre_hook(enter)
         try:
             yield
         finally:
             handle.remove()
-            for m in self._outermost:
+            for m in replayed:
                 del m.forward

@@ -112,6 +112,7 @@ class AdnPair(nn.Module):
             # Alone (the sequential order), the super-net's backward stops at the prefix output.
             with self._prefix.record(x, detach=which == "super"):
                 outputs.append(self._run(x, self.super_pattern))
+            self._prefix.check_reuse(outputs[0])
         if which != "super":
             with self._prefix.replay(x), drop_path_off(self._drop_paths):
                 outputs.append(self._run(x, self.base_pattern))
