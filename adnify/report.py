@@ -22,7 +22,8 @@ Example::
 from __future__ import annotations
 
 import contextlib
-from dataclasses import asdict
+import os
+from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import torch
@@ -106,6 +107,31 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
+def _training_run(data: Any) -> Any:
+    """The :class:`~adnify.train.rundir.RunDir` that ``--data`` names, else None."""
+    from .train.rundir import RunDir
+
+    return RunDir(data) if isinstance(data, (str, os.PathLike)) and RunDir.is_run(data) else None
+
+
+def _load_eval_data(source: str, *, split: str | None, image_column: str | None, label_column: str | None,
+                    labels: bool) -> ImageData:
+    """``--data``: a dataset, or a training run directory (its validation split, rebuilt exactly)."""
+    run = _training_run(source)
+    if run is None:
+        return load_image_data(source, split=split, val_split=0.0, image_column=image_column,
+                               label_column=label_column, labels=labels)
+    given = [flag for flag, value in (("--split", split), ("--image-column", image_column),
+                                      ("--label-column", label_column)) if value]
+    if given:
+        raise AdnifyError(f"--data {source} is a training run: its validation split is evaluated, "
+                          f"so {', '.join(given)} do not apply")
+    data = run.image_data()
+    if data.validation is None:
+        raise AdnifyError(f"training run {source} held out no validation split")
+    return data if labels else replace(data, label_column=None, num_classes=None)
+
+
 def build_report(
     net: AdaptiveNet,
     patterns: str | Sequence[str] = "all",
@@ -135,15 +161,17 @@ def build_report(
         net: the adaptive model (it is moved to ``device``/``dtype``).
         patterns: ``"all"``, ``"super"``, ``"base"``, comma-separated patterns, or a list.
         metrics: any of params, macs, latency, acc; params and macs are always measured.
-        data: for ``acc``: a ``--data`` source for :func:`adnify.data.load_image_data`, or
-            loaded :class:`~adnify.data.ImageData`. The evaluation split is ``split``, else the
+        data: for ``acc``: a ``--data`` source for :func:`adnify.data.load_image_data`, a training
+            run directory (its validation split, rebuilt as training made it), or loaded
+            :class:`~adnify.data.ImageData`. The evaluation split is ``split``, else the
             validation split, else the whole data.
         split, labels, image_column, label_column: as in :func:`adnify.data.load_image_data`.
         agreement: also report each sub-network's top-1 agreement with the super-net
             (the only accuracy figure when the data has no labels).
         num_workers: data loader worker processes.
         batch_size: batch size of the latency runs and of the evaluation (default 1 and 32).
-        input_size: C,H,W for MACs, latency and evaluation (default: the model's).
+        input_size: C,H,W for MACs, latency and evaluation (default: the run's when ``data`` is a
+            training run, else the model's).
         device: cpu, cuda, mps or auto. dtype: float32, float16 or bfloat16 (latency and evaluation;
             MACs are counted in float32, they do not depend on the dtype).
         static: time ``net.export(pattern)`` (skipped blocks removed) instead of the adaptive net.
@@ -164,6 +192,9 @@ def build_report(
     wanted = set(parse_metrics(metrics))
     torch_dtype = resolve_dtype(dtype)
     dev = resolve_device(device)
+    run = _training_run(data)
+    if input_size is None and run is not None:
+        input_size = run.recipe()["input_size"]  # score at the size training evaluated at
     size = net.input_size(input_size)
     if batch_size is not None and batch_size < 1:
         raise AdnifyError(f"batch size must be at least 1, got {batch_size}")
@@ -189,8 +220,8 @@ def build_report(
 
     main = True
     if "acc" in wanted:
-        loaded = data if isinstance(data, ImageData) else load_image_data(
-            str(data), split=split, val_split=0.0, image_column=image_column, label_column=label_column, labels=labels)
+        loaded = data if isinstance(data, ImageData) else _load_eval_data(
+            str(data), split=split, image_column=image_column, label_column=label_column, labels=labels)
         has_labels = loaded.label_column is not None
         if not has_labels and not agreement:
             why = "--labels none was given" if not labels else f"{loaded.source} has no label column"

@@ -5,6 +5,8 @@ A run directory keeps the converted model it started from (``start/``) and the t
 (same data, ``val_split`` and seed), evaluates all ``2**N`` sub-networks of both models in one pass
 each, and prints a Markdown table: top-1 before (for a converted pretrained model: naive block
 dropping) and after, and how many images each sub-network newly gets right and newly gets wrong.
+(``adnify report RUN --data RUN`` and ``adnify report RUN/start --data RUN`` give the two top-1
+columns alone.)
 
 Usage::
 
@@ -17,16 +19,14 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import torch
-import yaml
 
 import adnify
-from adnify.data import load_image_data
 from adnify.evaluate import eval_loader
+from adnify.train.rundir import RunDir
 
 
 def predictions(net: adnify.AdaptiveNet, patterns: list[str], loader) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -55,17 +55,15 @@ def main(argv: list[str] | None = None) -> int:
     if not (run / "run.json").is_file() or not (run / "final" / "adnify.json").is_file():
         print(f"error: {run} is not a finished training run (needs run.json and final/)", file=sys.stderr)
         return 2
-    info = json.loads((run / "run.json").read_text())
-    config = yaml.safe_load((run / "config.yaml").read_text())
+    rundir = RunDir(run)
+    info, config = rundir.read_run(), rundir.recipe()
     start, final = adnify.load(str(run / "start")), adnify.load(str(run / "final"))
-    data = load_image_data(info["data"], split=info.get("eval_split"), val_split=info.get("val_split", 0.1),
-                           image_column=info.get("image_column"), label_column=info.get("label_column"),
-                           seed=config["seed"])
+    data = rundir.image_data()  # the validation split exactly as training made it
     if data.validation is None or data.label_column is None:
         print("error: the run's validation split has no labels to score", file=sys.stderr)
         return 2
     patterns = start.patterns() if args.patterns == "all" else [p.strip() for p in args.patterns.split(",")]
-    loader = eval_loader(start, data, batch_size=args.batch_size)
+    loader = eval_loader(start, data, batch_size=args.batch_size, input_size=config["input_size"])
     before, labels = predictions(start, patterns, loader)
     after, _ = predictions(final, patterns, loader)
     n = len(labels)

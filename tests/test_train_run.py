@@ -395,3 +395,22 @@ def test_sharing_the_stem_between_passes_trains_the_same_parameters(model_dir, d
         if "running_" in name or "num_batches" in name:
             continue  # the stem's BatchNorm updates once per step when shared, twice when not
         torch.testing.assert_close(value, separate[name], rtol=1e-3, atol=1e-5, msg=name)
+
+
+def test_report_on_a_run_evaluates_its_own_validation_split(model_dir, tmp_path):
+    """`adnify report RUN --data RUN` rebuilds the held-out split and scores what training scored."""
+    single = tmp_path / "single"  # one split only: training holds out val_split itself
+    datasets.DatasetDict(train=load_image_data("builtin:digits").train.select(range(64))).save_to_disk(str(single))
+    out = tmp_path / "run"
+    train(str(model_dir), data=str(single), output=out, recipe="resnet", val_split=0.25, progress=False,
+          overrides={**FAST, "seed": 5, "eval_before_training": True})
+    evals = records(out, "eval")
+    for source, expected in ((out, evals[-1]["acc1"]), (out / "start", evals[0]["acc1"])):
+        result = runner.invoke(app, ["report", str(source), "--data", str(out), "-p", "super,base", "--device", "cpu",
+                                     "--format", "json"])  # at the run's input size, 32 px
+        assert result.exit_code == 0, result.output
+        doc = json.loads(result.stdout)
+        assert doc["context"]["examples"] == 16
+        assert {r["pattern"]: r["acc1"] for r in doc["rows"]} == pytest.approx(expected, abs=1e-6)
+    result = runner.invoke(app, ["report", str(out), "--data", str(out), "--split", "train"])
+    assert isinstance(result.exception, AdnifyError) and "--split do not apply" in str(result.exception)

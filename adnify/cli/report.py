@@ -46,7 +46,8 @@ def report(
         "--metrics", "-m", help="Comma-separated: params, macs, latency, acc. Default: params,macs, plus acc with --data "
                                 "and latency with --budget-ms.")] = None,
     data: Annotated[Optional[str], typer.Option(
-        help="Images for accuracy: a folder, a save_to_disk folder, a Hub name or builtin:digits.", rich_help_panel=_DATA)] = None,
+        help="Images for accuracy: a folder, a save_to_disk folder, a Hub name, builtin:digits, or a training "
+             "run directory (its own validation split).", rich_help_panel=_DATA)] = None,
     split: Annotated[Optional[str], typer.Option(
         help="Split to evaluate (default: the validation split, else all the data).", rich_help_panel=_DATA)] = None,
     labels: Annotated[Labels, typer.Option(help="auto: use the label column if there is one; none: ignore labels.",
@@ -107,6 +108,8 @@ def report(
         adnify report runs/r50 --patterns super,base,TFFF --data ./imagenet --split validation --plot pareto.png
 
         adnify report lite0-adn --data ../shared/data/imagenet-sample --format json -o report.json
+
+        adnify report runs/lite0/start --data runs/lite0 -p super,base   # before training, on the run's split
 
         adnify report swin_tiny_patch4 --budget-ms 40 --select-only
     """

@@ -24,12 +24,20 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from ..data import ImageData, load_image_data
 from ..errors import AdnifyError
 from ..files import atomic_write_text
 
-__all__ = ["RunDir"]
+__all__ = ["RunDir", "run_image_data"]
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+def run_image_data(info: dict[str, Any], seed: int) -> ImageData:
+    """The data of a run as training splits it (``info``: run.json; ``seed``: the recipe's)."""
+    return load_image_data(info["data"], split=info.get("eval_split"), val_split=info.get("val_split", 0.1),
+                           image_column=info.get("image_column"), label_column=info.get("label_column"),
+                           labels=True, seed=seed)
 
 
 class RunDir:
@@ -80,6 +88,18 @@ class RunDir:
             return json.loads(self.run_json.read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise AdnifyError(f"cannot read {self.run_json}: {e}") from e
+
+    def recipe(self) -> dict[str, Any]:
+        """The run's resolved recipe (config.yaml)."""
+        from ..recipes import load_recipe
+
+        if not self.config.is_file():
+            raise AdnifyError(f"{self.path} has no config.yaml")
+        return load_recipe(str(self.config))
+
+    def image_data(self) -> ImageData:
+        """The run's data with its validation split rebuilt exactly (same source, fraction and seed)."""
+        return run_image_data(self.read_run(), self.recipe()["seed"])
 
     # -- metrics ------------------------------------------------------------------------------
 

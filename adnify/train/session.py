@@ -12,7 +12,7 @@ from torch import nn
 
 from .. import __version__
 from ..adaptive import AdaptiveNet, restore_copy
-from ..data import ImageData, check_labels, load_image_data
+from ..data import ImageData, check_labels
 from ..errors import AdnifyError
 from ..plan import format_pattern, parse_pattern
 from ..recipes import dump_resolved, load_recipe, resolve_lr
@@ -20,7 +20,7 @@ from ..storage import load
 from .inputs import build_mixup, build_transforms, eval_loader, train_loader
 from .modeling import frozen_teacher, head_size, open_model, train_only_skip_norms
 from .optim import build_criterion, build_ema, build_optimizer, build_scheduler
-from .rundir import RunDir
+from .rundir import RunDir, run_image_data
 from .state import TrainState
 from .steps import AdnPair, LossConfig
 
@@ -120,9 +120,7 @@ def load_config(run: RunDir, recipe: str | None, overrides: dict[str, Any], resu
 def _load_data(info: dict[str, Any], config: dict[str, Any], accelerator: Any) -> ImageData:
     labels = config["labels"] != "none"
     with accelerator.main_process_first():
-        data = load_image_data(info["data"], split=info.get("eval_split"), val_split=info.get("val_split", 0.1),
-                               image_column=info.get("image_column"), label_column=info.get("label_column"),
-                               labels=True, seed=config["seed"])
+        data = run_image_data(info, config["seed"])
     if data.train is None:
         raise AdnifyError(f"{info['data']} has no training split: name the evaluation split with --eval-split, or "
                           "pass data with a train split")
