@@ -20,8 +20,9 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import weakref
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 
@@ -158,13 +159,25 @@ def make_accelerator(device: torch.device | str | None = None) -> "Accelerator":
     return Accelerator(cpu=device is not None and torch.device(device).type == "cpu")
 
 
+_SHARDS: "weakref.WeakKeyDictionary[torch.utils.data.DataLoader, tuple[Any, Iterable]]" = weakref.WeakKeyDictionary()
+
+
 def _shard(accelerator: "Accelerator", loader: Iterable) -> Iterable:
-    """``loader`` split across the processes (a loader ``accelerate`` already prepared is kept as is)."""
+    """``loader`` split across the processes (a loader ``accelerate`` already prepared is kept as is).
+
+    The split loader is made once per loader and accelerator: ``prepare_data_loader`` builds a new
+    DataLoader, which the accelerator keeps, so preparing again at every evaluation of a training
+    run would leave one set of persistent worker processes behind each time.
+    """
     from accelerate.data_loader import DataLoaderDispatcher, DataLoaderShard
 
-    if isinstance(loader, torch.utils.data.DataLoader) and not isinstance(loader, (DataLoaderShard, DataLoaderDispatcher)):
-        return accelerator.prepare_data_loader(loader)
-    return loader
+    if not isinstance(loader, torch.utils.data.DataLoader) or isinstance(loader, (DataLoaderShard, DataLoaderDispatcher)):
+        return loader
+    owner, prepared = _SHARDS.get(loader, (None, None))
+    if owner is None or owner() is not accelerator:
+        prepared = accelerator.prepare_data_loader(loader)
+        _SHARDS[loader] = (weakref.ref(accelerator), prepared)
+    return prepared
 
 
 def _length(loader: Iterable) -> int | None:

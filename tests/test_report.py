@@ -160,6 +160,20 @@ def test_every_pattern_is_evaluated_in_one_pass_over_the_data():
     assert results["FFFF"].agreement == 100.0
 
 
+def test_evaluating_again_with_worker_processes_reuses_them(tmp_path):
+    """A training run evaluates every epoch: no set of persistent workers may stay behind each time."""
+    import multiprocessing
+
+    from accelerate import Accelerator
+
+    net, ds = tiny_net().eval(), CountingDataset(16)
+    loader = torch.utils.data.DataLoader(ds, batch_size=8, num_workers=2, persistent_workers=True)
+    accelerator = Accelerator(cpu=True)
+    for _ in range(3):
+        evaluate_patterns(net, ["super"], loader, accelerator=accelerator, progress=False)
+    assert len(multiprocessing.active_children()) <= 2
+
+
 def test_without_labels_agreement_is_reported(tmp_path):
     net = tiny_net()
     rows, context = build_report(net, "super,base", metrics="acc", data=str(make_images(tmp_path / "flat", labelled=False)),
