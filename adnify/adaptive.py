@@ -125,9 +125,13 @@ class AdaptiveNet(nn.Module):
 
         save(self, directory, force=force, extra=extra)
 
-    def export(self, pattern: Pattern) -> nn.Module:
-        """A plain module computing sub-network ``pattern``: skipped blocks removed, norms resolved."""
-        return export_static(self, pattern)
+    def export(self, pattern: Pattern, *, share: bool = False) -> nn.Module:
+        """A plain module computing sub-network ``pattern``: skipped blocks removed, norms resolved.
+
+        With ``share=True`` it holds this net's own parameter and buffer tensors instead of copies
+        (no extra memory; it sees later changes to the net), e.g. to time many patterns side by side.
+        """
+        return export_static(self, pattern, share=share)
 
     def block_names(self, pattern: Pattern) -> list[str]:
         """Qualified names of the blocks ``pattern`` skips."""
@@ -169,11 +173,20 @@ def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
-def restore_copy(model: nn.Module) -> nn.Module:
+def _tensor_memo(module: nn.Module, share: bool) -> dict[int, Any]:
+    """A ``copy.deepcopy`` memo that keeps ``module``'s parameters and buffers as they are (``share``)."""
+    if not share:
+        return {}
+    return {id(t): t for t in (*module.parameters(), *module.buffers())}
+
+
+def restore_copy(model: nn.Module, *, share: bool = False) -> nn.Module:
     """A deep copy of a converted model with every module back in its original class.
 
-    The twins and the run-time flags stay behind; callers that need twins copy them.
+    The twins and the run-time flags stay behind; callers that need twins copy them. With
+    ``share=True`` the copy holds the same parameter and buffer tensors (only modules are copied).
     """
+    memo = _tensor_memo(model, share)
     stashed: list[tuple[nn.Module, type, dict[str, Any], nn.Module | None]] = []
     for mod in model.modules():
         if isinstance(mod, (SkippableBlock, SkipAwareNorm)):
@@ -182,7 +195,7 @@ def restore_copy(model: nn.Module) -> nn.Module:
             stashed.append((mod, type(mod), flags, twin))
             mod.__class__ = type(mod).adnify_base
     try:
-        return copy.deepcopy(model)
+        return copy.deepcopy(model, memo)
     finally:
         for mod, cls, flags, twin in stashed:
             mod.__class__ = cls
@@ -191,10 +204,10 @@ def restore_copy(model: nn.Module) -> nn.Module:
                 mod._modules["skip_copy"] = twin
 
 
-def export_static(net: AdaptiveNet, pattern: Pattern) -> nn.Module:
+def export_static(net: AdaptiveNet, pattern: Pattern, *, share: bool = False) -> nn.Module:
     """See :meth:`AdaptiveNet.export`."""
     flags = parse_pattern(pattern, net.num_stages)
-    static = restore_copy(net.model)
+    static = restore_copy(net.model, share=share)
     modules = dict(net.model.named_modules())
     for skip, stage in zip(flags, net.plan.stages):
         if skip:
@@ -204,7 +217,9 @@ def export_static(net: AdaptiveNet, pattern: Pattern) -> nn.Module:
             continue
         for name in stage.norms:
             norm = modules[name]
-            _set_submodule(static, name, copy.deepcopy(norm.skip_copy) if skip else restore_copy(norm))
+            twin = norm.skip_copy
+            _set_submodule(static, name, copy.deepcopy(twin, _tensor_memo(twin, share)) if skip
+                           else restore_copy(norm, share=share))
     static.train(net.training)
     return static
 

@@ -208,6 +208,21 @@ def test_export_uses_the_twin_norms_of_skipped_stages(net, x):
     torch.testing.assert_close(net.export("FFFF").eval()(x), net(x), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("pattern", ["FFFF", "TFTF"])
+def test_a_shared_export_holds_the_nets_own_tensors_and_computes_the_pattern(net, x, pattern):
+    """report --static times 2^N exports side by side: they must not hold 2^N copies of the weights."""
+    net = copy.deepcopy(net).eval()
+    static = net.export(pattern, share=True).eval()
+    own = {t.data_ptr() for t in (*net.parameters(), *net.buffers())}
+    assert all(t.data_ptr() in own for t in (*static.parameters(), *static.buffers()))
+    torch.testing.assert_close(static(x), net(x, skip=pattern), atol=1e-5, rtol=0)
+    twin = net.model.get_submodule(net.plan.stages[0].norms[0]).skip_copy
+    with torch.no_grad():
+        twin.bias.add_(0.1)  # seen by the shared export, not by a copy
+    torch.testing.assert_close(static(x), net(x, skip=pattern), atol=1e-5, rtol=0)
+    assert not any(t.data_ptr() in own for t in net.export(pattern).parameters())
+
+
 def test_export_traces_with_fx_and_torch_export(net, x):
     static = net.export("TFTF").eval()
     expected = net(x, skip="TFTF")
