@@ -27,6 +27,7 @@ from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
 from PIL import Image
 
 from .errors import AdnifyError
+from .hub import hub_or_cache
 
 BUILTINS = ("digits",)
 VALIDATION_SPLITS = ("validation", "valid", "val", "test")
@@ -220,13 +221,17 @@ def _load_splits(source: str) -> dict[str, datasets.Dataset]:
         return _image_folder(path)
     if _looks_like_path(source):
         raise AdnifyError(f"{source} does not exist")
+    online = True
     try:
-        return _as_dict(datasets.load_dataset(source))
+        with hub_or_cache() as online:
+            return _as_dict(datasets.load_dataset(source))
     except Exception as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        where = ("the Hub cannot be reached from here and its local cache lacks it" if not online
+                 else f"{reason}; is the Hub reachable?")
         raise AdnifyError(
-            f"could not load dataset {source!r} from the Hugging Face Hub ({reason}): is the Hub reachable? "
-            "Pass a local image folder, a save_to_disk folder or builtin:digits instead"
+            f"could not load dataset {source!r} from the Hugging Face Hub ({where}): "
+            "pass a local image folder, a save_to_disk folder or builtin:digits instead"
         ) from e
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import fnmatch
 from typing import Any
@@ -10,6 +11,7 @@ import timm
 from torch import nn
 
 from .errors import AdnifyError, UnknownModelError
+from .hub import hub_or_cache
 
 
 def resolve_model_name(name: str) -> str:
@@ -43,15 +45,19 @@ def create_model(name: str, *, pretrained: bool = False, **kwargs: Any) -> tuple
     raises one clear :class:`AdnifyError` pointing to ``--checkpoint``.
     """
     resolved = resolve_model_name(name)
+    online = True
     try:
-        model = timm.create_model(resolved, pretrained=pretrained, **kwargs)
+        with hub_or_cache() if pretrained else contextlib.nullcontext(True) as online:
+            model = timm.create_model(resolved, pretrained=pretrained, **kwargs)
     except TypeError as e:
         raise AdnifyError(f"cannot create {resolved} with {kwargs}: {e}") from e
     except Exception as e:
         if not pretrained:
             raise
+        why = ("the model hub cannot be reached from here and its local cache lacks them" if not online
+               else f"{type(e).__name__}; is the model hub reachable?")
         raise AdnifyError(
-            f"could not download pretrained weights for {resolved} ({type(e).__name__}; is the model hub "
-            f"reachable?): pass local weights with --checkpoint FILE instead"
+            f"could not download pretrained weights for {resolved} ({why}): pass local weights with "
+            "--checkpoint FILE instead"
         ) from e
     return model, resolved
