@@ -147,6 +147,20 @@ def test_resume_ends_at_the_same_weights_as_an_uninterrupted_run(model_dir, digi
     assert records(tmp_path / "whole", "eval") == records(tmp_path / "part", "eval")
 
 
+def test_a_resumed_finetune_run_ends_at_the_same_weights(model_dir, digits, tmp_path):
+    """Label-free, only the norm copies training, the super-net its own teacher, mixup and cutmix."""
+    fast = {k: v for k, v in FAST.items() if k != "lr"}
+    kwargs = dict(data=str(digits), recipe="finetune", progress=False)
+    extra = {**fast, "epochs": 2, "checkpoint_every_steps": 2}
+    train(str(model_dir), output=tmp_path / "whole", overrides=extra, **kwargs)
+    part = train(str(model_dir), output=tmp_path / "part", overrides=extra, max_steps=3, **kwargs)
+    assert (part.status, part.step) == ("stopped", 3)
+    assert train(str(tmp_path / "part"), resume=True, progress=False).status == "completed"
+    a, b = weights(tmp_path / "whole" / "final"), weights(tmp_path / "part" / "final")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], weights(model_dir)[k]) for k in a)  # it did train
+
+
 def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(model_dir, digits, tmp_path):
     def press_ctrl_c(info):
         if info.step == 2:
