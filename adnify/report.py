@@ -272,7 +272,8 @@ def measure_latency(net: AdaptiveNet, patterns: Sequence[str], *, batch_size: in
     fns: dict[str, Callable[[], Any]] = {}
     for p in patterns:
         if static:
-            module = net.export(p, share=True).eval()  # the net's own tensors: 2^N exports, one set of weights
+            # the net's own tensors (already on device/dtype): 2^N exports, one set of weights
+            module = net.export(p, share=True).eval().to(device=device, dtype=dtype)
             fn: Callable[..., Any] = module
         else:
             fn = _bound(net, p)
