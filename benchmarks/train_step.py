@@ -13,8 +13,9 @@ Time: one step = forward(s) + loss + backward(s) + SGD update, for
 
 All variants run side by side in one process, interleaved in a shuffled order every round, so that
 load changes on the machine hit them alike; medians are reported (the paper pays about 1.66x a
-plain epoch for ResNet-50). On the CPU the process's CPU time is reported too: on a machine
-shared with other work it is a steadier measure than wall time (use ``--threads 1`` there).
+plain epoch for ResNet-50), and the quartiles of the ratio within each round show the noise. On
+the CPU the process's CPU time is reported too: on a machine shared with other work it is a
+steadier measure than wall time (use ``--threads 1`` there).
 
 Memory: the peak memory two steps add on top of the model and the data. On CUDA
 ``torch.cuda.max_memory_allocated`` (in process); on the CPU each variant runs in a fresh
@@ -226,6 +227,9 @@ def main() -> None:
     }
     if "plain" in median:
         result["time_ratio"] = {v: median[v] / median["plain"] for v in median if v != "plain"}
+        # Each round times every variant once: the ratio within a round, over the rounds, shows the noise.
+        per_round = {v: [a / b for a, b in zip(times[v], times["plain"])] for v in times if v != "plain"}
+        result["round_ratio_quartiles"] = {v: statistics.quantiles(r, n=4) for v, r in per_round.items() if len(r) >= 2}
         if device.type == "cpu":  # CPU time of this process: less sensitive to other load on the machine
             result["cpu_step_ms"] = {v: 1000 * m for v, m in cpu_median.items()}
             result["cpu_time_ratio"] = {v: cpu_median[v] / cpu_median["plain"] for v in cpu_median if v != "plain"}
