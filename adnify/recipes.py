@@ -101,7 +101,7 @@ _SCHEMA: dict[str, _Key] = {
     # -- adnify: skip-aware self-distillation (docs/method.md) -------------------------------
     "alpha": _Key(0.5, float, "loss = alpha * CE(super) + (1 - alpha) * distillation"),
     "temperature": _Key(1.0, float, "softmax temperature of the KL terms"),
-    "order": _Key("joint", str, "joint: one backward; sequential: super then base (DDP)",
+    "order": _Key("sequential", str, "sequential: super then base, less memory (DDP); joint: one backward",
                   choices=("joint", "sequential")),
     "distill": _Key(True, bool, "false: (CE(super) + CE(base)) / 2, the paper's no-distillation ablation"),
     "feature_kd": _Key(True, bool, "distil every stage output; false = logits only"),
