@@ -114,21 +114,17 @@ def _training_run(data: Any) -> Any:
     return RunDir(data) if isinstance(data, (str, os.PathLike)) and RunDir.is_run(data) else None
 
 
-def _load_eval_data(source: str, *, split: str | None, image_column: str | None, label_column: str | None,
-                    labels: bool) -> ImageData:
-    """``--data``: a dataset, or a training run directory (its validation split, rebuilt exactly)."""
-    run = _training_run(source)
-    if run is None:
-        return load_image_data(source, split=split, val_split=0.0, image_column=image_column,
-                               label_column=label_column, labels=labels)
+def _run_eval_data(run: Any, *, split: str | None, image_column: str | None, label_column: str | None,
+                   labels: bool) -> ImageData:
+    """``--data RUN_DIR``: the training run's validation split, rebuilt exactly."""
     given = [flag for flag, value in (("--split", split), ("--image-column", image_column),
                                       ("--label-column", label_column)) if value]
     if given:
-        raise AdnifyError(f"--data {source} is a training run: its validation split is evaluated, "
+        raise AdnifyError(f"--data {run.path} is a training run: its validation split is evaluated, "
                           f"so {', '.join(given)} do not apply")
     data = run.image_data()
     if data.validation is None:
-        raise AdnifyError(f"training run {source} held out no validation split")
+        raise AdnifyError(f"training run {run.path} held out no validation split")
     return data if labels else replace(data, label_column=None, num_classes=None)
 
 
@@ -220,8 +216,14 @@ def build_report(
 
     main = True
     if "acc" in wanted:
-        loaded = data if isinstance(data, ImageData) else _load_eval_data(
-            str(data), split=split, image_column=image_column, label_column=label_column, labels=labels)
+        if isinstance(data, ImageData):
+            loaded = data
+        elif run is not None:
+            loaded = _run_eval_data(run, split=split, image_column=image_column, label_column=label_column,
+                                    labels=labels)
+        else:
+            loaded = load_image_data(str(data), split=split, val_split=0.0, image_column=image_column,
+                                     label_column=label_column, labels=labels)
         has_labels = loaded.label_column is not None
         if not has_labels and not agreement:
             why = "--labels none was given" if not labels else f"{loaded.source} has no label column"
