@@ -198,7 +198,7 @@ def prepare_session(
                               "true (BatchNorm in train mode would update its statistics)")
         count = train_only_skip_norms(net)
         notes.append(f"training only the skip-aware norm copies ({count:,} values): the super-net stays as converted"
-                     + (" and is the base-net's teacher" if teacher is None and config["labels"] == "none" else ""))
+                     + (" and is the base-net's teacher" if config["labels"] == "none" else ""))
     info.update(num_classes=head_size(net), class_names=data.class_names, adnify_version=__version__)
 
     world = accelerator.num_processes
