@@ -7,9 +7,8 @@ Time: one step = forward(s) + loss + backward(s) + SGD update, for
 - ``sequential``: super forward+backward, then base forward+backward, one update;
 - ``joint-unshared``, ``sequential-unshared``: the base-net pass recomputes the stem
   (``share_prefix: false``), to see what sharing it saves;
-- ``joint-compiled``, ``sequential-compiled``: the same with ``compile_loss`` (each KL term one fused
-  ``torch.compile`` kernel), as the recipes other than ``finetune`` run it. Compiling happens in the
-  warm-up rounds.
+- ``joint-compiled``, ``sequential-compiled``: the same with ``compile_loss: true`` (each KL term one
+  fused ``torch.compile`` kernel; off in every recipe). Compiling happens in the warm-up rounds.
 
 All variants run side by side in one process, interleaved in a shuffled order every round, so that
 load changes on the machine hit them alike; medians are reported (the paper pays about 1.66x a
