@@ -160,7 +160,7 @@ def test_every_pattern_is_evaluated_in_one_pass_over_the_data():
     assert results["FFFF"].agreement == 100.0
 
 
-def test_evaluating_again_with_worker_processes_reuses_them(tmp_path):
+def test_evaluating_again_with_worker_processes_reuses_them():
     """A training run evaluates every epoch: no set of persistent workers may stay behind each time."""
     import multiprocessing
 
