@@ -44,6 +44,7 @@ class Accuracy:
     acc1: float | None
     acc5: float | None
     agreement: float | None
+    kl_to_super: float | None = None
 
 
 def eval_transform(net: AdaptiveNet, input_size: Sequence[int] | None = None):
@@ -88,9 +89,10 @@ def evaluate_patterns(
         patterns: sub-networks to evaluate (``"TFFF"``, ``"super"``...).
         loader: ``(images, labels)`` batches, e.g. from :func:`eval_loader`; labels ``-1`` = none.
         labels: count top-1/top-5 hits; False when the data has no labels.
-        agreement: also count how often each pattern's top-1 prediction equals the super-net's
-            (always done when ``labels`` is False). The super-net runs once per batch for
-            this even when it is not among ``patterns``.
+        agreement: also count how often each pattern's top-1 prediction equals the super-net's,
+            and average ``KL(softmax(super) || softmax(pattern))`` per image in nats (always done
+            when ``labels`` is False). The super-net runs once per batch for this even when it is
+            not among ``patterns``.
         accelerator: an ``accelerate.Accelerator`` to split the data across processes; by
             default one is made (a single process unless started by ``accelerate launch``).
         device: where to run when no ``accelerator`` is given; default: the accelerator's choice.
@@ -115,6 +117,7 @@ def evaluate_patterns(
     if dtype is not None:
         net.to(dtype)
     hits = torch.zeros(3, len(pats), dtype=torch.long)  # top-1, top-5, agreement
+    kl_sum = torch.zeros(len(pats), dtype=torch.float64)
     seen = 0
     try:
         bar = progress_bar(f"evaluating {len(pats)} sub-network{'s' * (len(pats) > 1)}: batches", _length(loader),
@@ -124,9 +127,11 @@ def evaluate_patterns(
                 images = images.to(accelerator.device, non_blocking=True)
                 if dtype is not None:
                     images = images.to(dtype)
-                top = [_top5(net(images, skip=p)) for p in run]
-                # [B, P, k]: the batch dimension first, so that gather_for_metrics can drop padding.
-                preds, targets = accelerator.gather_for_metrics((torch.stack(top, dim=1), targets.to(accelerator.device)))
+                logits = [net(images, skip=p) for p in run]
+                # [B, P, k] and [B, P]: the batch dimension first, so that gather_for_metrics can drop padding.
+                top = torch.stack([_top5(x) for x in logits], dim=1)
+                kl = _kl_to(logits[ref], logits[: len(pats)]) if ref is not None else top.new_zeros(len(top), 0)
+                preds, kl, targets = accelerator.gather_for_metrics((top, kl, targets.to(accelerator.device)))
                 preds, targets = preds.cpu(), targets.cpu()
                 seen += len(targets)
                 if labels:
@@ -135,6 +140,7 @@ def evaluate_patterns(
                     hits[1] += found.any(-1).sum(0)
                 if ref is not None:
                     hits[2] += (preds[:, : len(pats), 0] == preds[:, ref : ref + 1, 0]).sum(0)
+                    kl_sum += kl.double().sum(0).cpu()
                 step()
     finally:
         net.train(was_training)
@@ -144,8 +150,15 @@ def evaluate_patterns(
     def pct(i: int, j: int, measured: bool) -> float | None:
         return 100.0 * hits[i, j].item() / seen if measured else None
 
-    return {p: Accuracy(p, seen, pct(0, j, labels), pct(1, j, labels), pct(2, j, ref is not None))
+    return {p: Accuracy(p, seen, pct(0, j, labels), pct(1, j, labels), pct(2, j, ref is not None),
+                        kl_sum[j].item() / seen if ref is not None else None)
             for j, p in enumerate(pats)}
+
+
+def _kl_to(reference: torch.Tensor, logits: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``[B, P]``: ``KL(softmax(reference) || softmax(logits[j]))`` of every image, in float32."""
+    ref = reference.float().log_softmax(-1)
+    return torch.stack([(ref.exp() * (ref - x.float().log_softmax(-1))).sum(-1) for x in logits], dim=1)
 
 
 def _top5(logits: torch.Tensor) -> torch.Tensor:

@@ -145,6 +145,10 @@ class CountingDataset(torch.utils.data.Dataset):
 
 def test_every_pattern_is_evaluated_in_one_pass_over_the_data():
     net, ds = tiny_net().eval(), CountingDataset(20)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # sub-networks that really differ from the super-net (a fresh one's may not)
+        for q in net.parameters():
+            q.add_(0.3 * torch.randn(q.shape, generator=g))
     loader = torch.utils.data.DataLoader(ds, batch_size=8)
     results = evaluate_patterns(net, net.patterns(), loader, agreement=True, progress=False)
     assert ds.reads == len(ds)  # not len(ds) x 16
@@ -155,9 +159,14 @@ def test_every_pattern_is_evaluated_in_one_pass_over_the_data():
             assert res.acc1 == pytest.approx(100 * (logits.argmax(-1) == ds.y).float().mean().item())
             top5 = logits.topk(5, dim=-1).indices
             assert res.acc5 == pytest.approx(100 * (top5 == ds.y[:, None]).any(-1).float().mean().item())
-            agree = logits.argmax(-1) == net(ds.x, skip="super").argmax(-1)
+            reference = net(ds.x, skip="super")
+            agree = logits.argmax(-1) == reference.argmax(-1)
             assert res.agreement == pytest.approx(100 * agree.float().mean().item())
-    assert results["FFFF"].agreement == 100.0
+            kl = torch.nn.functional.kl_div(logits.log_softmax(-1), reference.log_softmax(-1), log_target=True,
+                                            reduction="batchmean")
+            assert res.kl_to_super == pytest.approx(kl.item(), rel=1e-5, abs=1e-7)
+    assert results["FFFF"].agreement == 100.0 and results["FFFF"].kl_to_super == 0.0
+    assert results["TTTT"].kl_to_super > 0
 
 
 def test_evaluating_again_with_worker_processes_reuses_them():
@@ -191,7 +200,7 @@ def test_accuracy_split_across_two_processes_equals_one_process(monkeypatch):
 
     def results(accelerator=None):
         loader = torch.utils.data.DataLoader(ds, batch_size=4)
-        return {p: (r.examples, r.acc1, r.acc5, r.agreement)
+        return {p: (r.examples, r.acc1, r.acc5, r.agreement, pytest.approx(r.kl_to_super, rel=1e-5))
                 for p, r in evaluate_patterns(tiny_net(), ["super", "base"], loader, agreement=True,
                                               accelerator=accelerator, progress=False).items()}
 

@@ -273,6 +273,9 @@ def test_finetune_recipe_keeps_the_super_net_and_trains_the_base_net(model_dir, 
     assert changed and all(".skip_copy." in k for k in changed)  # the super-net is bit-exact the original
     evals = records(out, "eval")
     assert [r["epoch"] for r in evals] == [0, 1, 2]  # epoch 0: naive block dropping
+    for r in evals:  # label-free: how closely each sub-network follows the super-net, next to top-1
+        kl = {set(p) == {"F"}: v for p, v in r["kl_to_super"].items()}
+        assert kl[True] == 0.0 and kl[False] > 0 and set(r["agreement"]) == set(r["acc1"])
     assert all(r["loss_pre_logits_kd"] >= 0 and r["loss_feature_kd"] == 0 for r in records(out, "train"))
     assert all(r["loss_ce"] == 0 for r in records(out, "train"))  # the super-net is its own teacher
 

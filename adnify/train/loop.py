@@ -37,7 +37,7 @@ class TrainResult:
         run_dir: the run directory.
         status: ``completed``, ``stopped`` (``max_steps`` reached) or ``interrupted`` (Ctrl-C).
         step, epoch: optimizer steps and finished epochs.
-        evaluation: the last evaluation, ``{name: {"acc1": ..., "agreement": ...}}``, or None.
+        evaluation: the last evaluation, ``{name: {"acc1": ..., "agreement": ..., "kl_to_super": ...}}``, or None.
     """
 
     run_dir: Any
@@ -96,20 +96,28 @@ def _evaluate(session: Session, progress: TrainProgress) -> dict[str, Any] | Non
     n = session.net.num_stages
     patterns = [session.baseline] if session.baseline else ["F" * n, "T" * n]
     labelled = session.data.label_column is not None
+    # Label-free runs also measure how closely each sub-network follows the super-net: on a few hundred
+    # images, top-1 moves by whole images, the KL moves smoothly.
+    closeness = not labelled or not session.labels
     result: dict[str, dict[str, float | None]] = {}
     devices = [acc.device] if acc.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):  # loader iterators draw seeds: keep training's RNG untouched
         for prefix, net in _eval_nets(session).items():
-            found = evaluate_patterns(net, patterns, session.eval_loader, labels=labelled, agreement=not labelled,
+            found = evaluate_patterns(net, patterns, session.eval_loader, labels=labelled, agreement=closeness,
                                       accelerator=acc, progress=False)
-            result.update({prefix + p: {"acc1": a.acc1, "agreement": a.agreement} for p, a in found.items()})
+            result.update({prefix + p: {"acc1": a.acc1, "agreement": a.agreement, "kl_to_super": a.kl_to_super}
+                           for p, a in found.items()})
     record = {"kind": "eval", "epoch": state.epoch, "step": state.step, "acc1": {k: v["acc1"] for k, v in result.items()}}
-    if not labelled:
+    if closeness:
         record["agreement"] = {k: v["agreement"] for k, v in result.items()}
+        record["kl_to_super"] = {k: v["kl_to_super"] for k, v in result.items()}
     if acc.is_main_process:
         session.run.log(record)
         metric = "acc1" if labelled else "agreement"
         shown = "  ".join(f"{name} {v[metric]:.2f}%" for name, v in result.items() if v[metric] is not None)
+        if closeness:
+            shown += "  KL to super-net: " + "  ".join(f"{name} {v['kl_to_super']:.4f}" for name, v in result.items()
+                                                      if v["kl_to_super"] is not None and "T" in name)
         progress.print(f"epoch {state.epoch}/{session.total_epochs} {metric}: {shown}")
     _log_trackers(session, {f"eval/{m}/{name}": v for name, r in result.items() for m, v in r.items() if v is not None})
     return result
