@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from .adaptive import AdaptiveNet
 from .data import ImageData, check_labels, make_loader
@@ -130,8 +131,8 @@ def evaluate_patterns(
                 logits = [net(images, skip=p) for p in run]
                 # [B, P, k] and [B, P]: the batch dimension first, so that gather_for_metrics can drop padding.
                 top = torch.stack([_top5(x) for x in logits], dim=1)
-                kl = _kl_to(logits[ref], logits[: len(pats)]) if ref is not None else top.new_zeros(len(top), 0)
-                preds, kl, targets = accelerator.gather_for_metrics((top, kl, targets.to(accelerator.device)))
+                kl = (_kl_to(logits[ref], logits[: len(pats)]),) if ref is not None else ()
+                preds, targets, *kl = accelerator.gather_for_metrics((top, targets.to(accelerator.device), *kl))
                 preds, targets = preds.cpu(), targets.cpu()
                 seen += len(targets)
                 if labels:
@@ -140,7 +141,7 @@ def evaluate_patterns(
                     hits[1] += found.any(-1).sum(0)
                 if ref is not None:
                     hits[2] += (preds[:, : len(pats), 0] == preds[:, ref : ref + 1, 0]).sum(0)
-                    kl_sum += kl.double().sum(0).cpu()
+                    kl_sum += kl[0].double().sum(0).cpu()
                 step()
     finally:
         net.train(was_training)
@@ -158,7 +159,8 @@ def evaluate_patterns(
 def _kl_to(reference: torch.Tensor, logits: Sequence[torch.Tensor]) -> torch.Tensor:
     """``[B, P]``: ``KL(softmax(reference) || softmax(logits[j]))`` of every image, in float32."""
     ref = reference.float().log_softmax(-1)
-    return torch.stack([(ref.exp() * (ref - x.float().log_softmax(-1))).sum(-1) for x in logits], dim=1)
+    return torch.stack([F.kl_div(x.float().log_softmax(-1), ref, log_target=True, reduction="none").sum(-1)
+                        for x in logits], dim=1)
 
 
 def _top5(logits: torch.Tensor) -> torch.Tensor:

@@ -97,8 +97,9 @@ def _evaluate(session: Session, progress: TrainProgress) -> dict[str, Any] | Non
     patterns = [session.baseline] if session.baseline else ["F" * n, "T" * n]
     labelled = session.data.label_column is not None
     # Label-free runs also measure how closely each sub-network follows the super-net: on a few hundred
-    # images, top-1 moves by whole images, the KL moves smoothly.
-    closeness = not labelled or not session.labels
+    # images, top-1 moves by whole images, the KL moves smoothly. (Not baselines: they do not learn from
+    # their adaptive form's super-net; on unlabelled data it is all there is to measure.)
+    closeness = not labelled or not (session.labels or session.baseline)
     result: dict[str, dict[str, float | None]] = {}
     devices = [acc.device] if acc.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):  # loader iterators draw seeds: keep training's RNG untouched
@@ -115,9 +116,10 @@ def _evaluate(session: Session, progress: TrainProgress) -> dict[str, Any] | Non
         session.run.log(record)
         metric = "acc1" if labelled else "agreement"
         shown = "  ".join(f"{name} {v[metric]:.2f}%" for name, v in result.items() if v[metric] is not None)
-        if closeness:
-            shown += "  KL to super-net: " + "  ".join(f"{name} {v['kl_to_super']:.4f}" for name, v in result.items()
-                                                      if v["kl_to_super"] is not None and "T" in name)
+        kls = [f"{name} {v['kl_to_super']:.4f}" for name, v in result.items()
+               if v["kl_to_super"] is not None and "T" in name]  # the super-net's own is 0
+        if kls:
+            shown += "  KL to super-net: " + "  ".join(kls)
         progress.print(f"epoch {state.epoch}/{session.total_epochs} {metric}: {shown}")
     _log_trackers(session, {f"eval/{m}/{name}": v for name, r in result.items() for m, v in r.items() if v is not None})
     return result
