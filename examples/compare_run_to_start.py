@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 import adnify
 from adnify.evaluate import eval_loader
-from adnify.train.rundir import RunDir
+from adnify.train.rundir import RunDir, run_image_data
 
 
 def predictions(net: adnify.AdaptiveNet, patterns: list[str], loader) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     rundir = RunDir(run)
     info, config = rundir.read_run(), rundir.recipe()
     start, final = adnify.load(str(run / "start")), adnify.load(str(run / "final"))
-    data = rundir.image_data()  # the validation split exactly as training made it
+    data = run_image_data(info, config["seed"])  # the validation split exactly as training made it
     if data.validation is None or data.label_column is None:
         print("error: the run's validation split has no labels to score", file=sys.stderr)
         return 2
