@@ -114,15 +114,17 @@ def _training_run(data: Any) -> Any:
     return RunDir(data) if isinstance(data, (str, os.PathLike)) and RunDir.is_run(data) else None
 
 
-def _run_eval_data(run: Any, *, split: str | None, image_column: str | None, label_column: str | None,
+def _run_eval_data(run: Any, seed: int, *, split: str | None, image_column: str | None, label_column: str | None,
                    labels: bool) -> ImageData:
-    """``--data RUN_DIR``: the training run's validation split, rebuilt exactly."""
+    """``--data RUN_DIR``: the training run's validation split, rebuilt exactly (``seed``: its recipe's)."""
+    from .train.rundir import run_image_data
+
     given = [flag for flag, value in (("--split", split), ("--image-column", image_column),
                                       ("--label-column", label_column)) if value]
     if given:
         raise AdnifyError(f"--data {run.path} is a training run: its validation split is evaluated, "
                           f"so {', '.join(given)} do not apply")
-    data = run.image_data()
+    data = run_image_data(run.read_run(), seed)
     if data.validation is None:
         raise AdnifyError(f"training run {run.path} held out no validation split")
     return data if labels else replace(data, label_column=None, num_classes=None)
@@ -189,8 +191,9 @@ def build_report(
     torch_dtype = resolve_dtype(dtype)
     dev = resolve_device(device)
     run = _training_run(data)
-    if input_size is None and run is not None:
-        input_size = run.recipe()["input_size"]  # score at the size training evaluated at
+    run_recipe = run.recipe() if run is not None else None
+    if input_size is None and run_recipe is not None:
+        input_size = run_recipe["input_size"]  # score at the size training evaluated at
     size = net.input_size(input_size)
     if batch_size is not None and batch_size < 1:
         raise AdnifyError(f"batch size must be at least 1, got {batch_size}")
@@ -219,8 +222,8 @@ def build_report(
         if isinstance(data, ImageData):
             loaded = data
         elif run is not None:
-            loaded = _run_eval_data(run, split=split, image_column=image_column, label_column=label_column,
-                                    labels=labels)
+            loaded = _run_eval_data(run, run_recipe["seed"], split=split, image_column=image_column,
+                                    label_column=label_column, labels=labels)
         else:
             loaded = load_image_data(str(data), split=split, val_split=0.0, image_column=image_column,
                                      label_column=label_column, labels=labels)

@@ -22,6 +22,7 @@ from adnify.cli import app
 from adnify.data import load_image_data
 from adnify.errors import AdnifyError
 from adnify.train import train
+from adnify.train.rundir import RunDir
 
 runner = CliRunner()
 TINY = dict(channels=(8, 16, 32, 64), stem_width=8, num_classes=10, zero_init_last=False)  # every branch live
@@ -422,6 +423,9 @@ def test_report_on_a_run_evaluates_its_own_validation_split(model_dir, tmp_path)
     train(str(model_dir), data=str(single), output=out, recipe="resnet", val_split=0.25, progress=False,
           overrides={**FAST, "seed": 5, "eval_before_training": True})
     evals = records(out, "eval")
+    rebuilt = RunDir(out).image_data()  # the API behind it: the run's data, val_split and seed
+    expected_split = load_image_data(str(single), val_split=0.25, seed=5)
+    assert rebuilt.validation[rebuilt.label_column] == expected_split.validation[expected_split.label_column]
     for source, expected in ((out, evals[-1]["acc1"]), (out / "start", evals[0]["acc1"])):
         result = runner.invoke(app, ["report", str(source), "--data", str(out), "-p", "super,base", "--device", "cpu",
                                      "--format", "json"])  # at the run's input size, 32 px
