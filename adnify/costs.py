@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .adaptive import AdaptiveNet, Pattern
+from .attention_flops import ATTENTION_FORMULAS
 from .plan import parse_pattern
 
 MACS_METHOD = "torch.utils.flop_counter: one super-net pass, per-block MACs subtracted for skipped blocks"
@@ -47,7 +48,7 @@ def _counted_pass(model: nn.Module, x: torch.Tensor) -> FlopCounterMode:
     try:
         for p in frozen:
             p.requires_grad_(False)
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=ATTENTION_FORMULAS) as counter:
             model(x)
     finally:
         for p in frozen:
