@@ -33,6 +33,7 @@ BUILTINS = ("digits",)
 VALIDATION_SPLITS = ("validation", "valid", "val", "test")
 IMAGE_NAMES = ("image", "img", "pixel_values")
 LABEL_NAMES = ("label", "labels", "target", "class")
+TABLE_FORMATS = {".parquet": "parquet", ".arrow": "arrow", ".csv": "csv", ".json": "json", ".jsonl": "json"}
 
 
 @dataclass
@@ -212,12 +213,18 @@ def _load_splits(source: str) -> dict[str, datasets.Dataset]:
     path = Path(source).expanduser()
     if path.exists():
         if not path.is_dir():
-            raise AdnifyError(f"{source} is a file: pass a folder of images or a save_to_disk folder")
+            builder = TABLE_FORMATS.get(path.suffix.lower())
+            if builder is None:
+                raise AdnifyError(f"{source} is a file of no known table format ({', '.join(TABLE_FORMATS)}): "
+                                  "pass such a file, a dataset folder, a folder of images or a save_to_disk folder")
+            return _load_local(builder, source, data_files={"train": str(path)})
         if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
             try:
                 return _as_dict(datasets.load_from_disk(str(path)))
             except IndexError:  # datasets cannot read back a saved dataset of 0 rows (0 shards)
                 raise AdnifyError(f"{source} holds no examples") from None
+        if _is_table_folder(path):
+            return _load_local(str(path), source)
         return _image_folder(path)
     if _looks_like_path(source):
         raise AdnifyError(f"{source} does not exist")
@@ -233,6 +240,25 @@ def _load_splits(source: str) -> dict[str, datasets.Dataset]:
             f"could not load dataset {source!r} from the Hugging Face Hub ({where}): "
             "pass a local image folder, a save_to_disk folder or builtin:digits instead"
         ) from e
+
+
+def _is_table_folder(path: Path) -> bool:
+    """A folder ``datasets.load_dataset`` reads as tables: the Hub layout (a dataset card with
+    ``configs``) or data files (parquet, arrow, csv, json) anywhere inside, rather than images."""
+    card = path / "README.md"
+    if card.is_file():
+        parts = card.read_text(encoding="utf-8", errors="replace").split("---", 2)
+        if len(parts) == 3 and not parts[0].strip() and "configs:" in parts[1]:
+            return True
+    # metadata.csv / metadata.jsonl belong to an image folder
+    return any(p.suffix.lower() in TABLE_FORMATS and not p.name.startswith("metadata.") for p in path.rglob("*"))
+
+
+def _load_local(path_or_builder: str, source: str, **kwargs: Any) -> dict[str, datasets.Dataset]:
+    try:
+        return _as_dict(datasets.load_dataset(path_or_builder, **kwargs))
+    except (ValueError, FileNotFoundError, datasets.exceptions.DatasetGenerationError) as e:
+        raise AdnifyError(f"cannot read the dataset {source}: {str(e).strip().splitlines()[0]}") from e
 
 
 def _image_folder(path: Path) -> dict[str, datasets.Dataset]:

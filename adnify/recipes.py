@@ -119,6 +119,8 @@ _SCHEMA: dict[str, _Key] = {
     "labels": _Key("auto", str, "auto: use the dataset's labels; none: the original model is the teacher",
                    choices=("auto", "none")),
     "freeze_bn_stats": _Key(False, bool, "keep BatchNorm running statistics fixed (fine-tuning)"),
+    "calibrate_skip_norms": _Key(0, int, "before training, re-estimate the BatchNorm statistics of the skip-aware "
+                                 "norm copies over this many training images (base-net, no gradients); 0 = off"),
     # -- logging and checkpoints --------------------------------------------------------------
     "log_interval": _Key(50, int, "steps between log lines"),
     "eval_every_epochs": _Key(1, int, "epochs between evaluations"),

@@ -135,6 +135,17 @@ def eval_loader(data: ImageData, transform: Callable, config: dict[str, Any]) ->
                        num_workers=min(config["workers"], 2))
 
 
+def calibration_loader(data: ImageData, transform: Callable, config: dict[str, Any]) -> Any:
+    """Training images with evaluation transforms, a seeded random ``calibrate_skip_norms`` of them, or None."""
+    count = config["calibrate_skip_norms"]
+    if count <= 0 or data.train is None or len(data.train) == 0:
+        return None
+    order = np.random.default_rng(config["seed"]).permutation(len(data.train))[:count]
+    subset = data.train.select(np.sort(order), keep_in_memory=True)
+    return make_loader(subset, data, transform, batch_size=config["batch_size"], shuffle=True,
+                       num_workers=min(config["workers"], 2), seed=config["seed"])
+
+
 def build_mixup(config: dict[str, Any], num_classes: int) -> Any:
     """timm ``Mixup`` when mixup or cutmix is on, else None (label smoothing is folded into it)."""
     if config["mixup"] <= 0 and config["cutmix"] <= 0:

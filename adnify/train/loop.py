@@ -86,7 +86,19 @@ def _eval_nets(session: Session) -> dict[str, Any]:
     return nets
 
 
-def _evaluate(session: Session, progress: TrainProgress) -> dict[str, Any] | None:
+def _calibrate(session: Session, progress: TrainProgress) -> None:
+    from .calibrate import calibrate_skip_norms
+
+    began = time.perf_counter()
+    count = calibrate_skip_norms(session.net, session.calibration_loader,
+                                 max_images=session.config["calibrate_skip_norms"], device=session.accelerator.device)
+    seconds = time.perf_counter() - began
+    if session.accelerator.is_main_process:
+        session.run.log({"kind": "calibration", "step": 0, "images": count, "seconds": round(seconds, 1)})
+        progress.print(f"skip-aware norm statistics re-estimated on {count:,} training images ({seconds:.0f} s)")
+
+
+def _evaluate(session: Session, progress: TrainProgress, phase: str | None = None) -> dict[str, Any] | None:
     """Accuracy of the super- and base-net (a baseline: its own pattern) on the validation split."""
     from ..evaluate import evaluate_patterns
 
@@ -109,6 +121,8 @@ def _evaluate(session: Session, progress: TrainProgress) -> dict[str, Any] | Non
             result.update({prefix + p: {"acc1": a.acc1, "agreement": a.agreement, "kl_to_super": a.kl_to_super}
                            for p, a in found.items()})
     record = {"kind": "eval", "epoch": state.epoch, "step": state.step, "acc1": {k: v["acc1"] for k, v in result.items()}}
+    if phase:
+        record["phase"] = phase
     if closeness:
         record["agreement"] = {k: v["agreement"] for k, v in result.items()}
         record["kl_to_super"] = {k: v["kl_to_super"] for k, v in result.items()}
@@ -120,7 +134,7 @@ def _evaluate(session: Session, progress: TrainProgress) -> dict[str, Any] | Non
                if v["kl_to_super"] is not None and "T" in name]  # the super-net's own is 0
         if kls:
             shown += "  KL to super-net: " + "  ".join(kls)
-        progress.print(f"epoch {state.epoch}/{session.total_epochs} {metric}: {shown}")
+        progress.print(f"epoch {state.epoch}/{session.total_epochs}{f' ({phase})' if phase else ''} {metric}: {shown}")
     _log_trackers(session, {f"eval/{m}/{name}": v for name, r in result.items() for m, v in r.items() if v is not None})
     return result
 
@@ -219,6 +233,10 @@ def run_loop(
             bar.print(f"note: {note}")
         if cfg["eval_before_training"] and state.step == 0:
             evaluation = _evaluate(session, bar)  # logged as epoch 0: the starting point to compare with
+        if session.calibration_loader is not None and state.step == 0:
+            _calibrate(session, bar)
+            if cfg["eval_before_training"]:
+                evaluation = _evaluate(session, bar, phase="calibrated")  # statistics alone, before any step
         while state.epoch < session.total_epochs:
             # accelerate's loader re-seeds its sampler from its own iteration counter: keep both on the epoch.
             session.train_loader.set_epoch(state.epoch)

@@ -17,7 +17,7 @@ from ..errors import AdnifyError
 from ..plan import format_pattern, parse_pattern
 from ..recipes import dump_resolved, load_recipe, resolve_lr
 from ..storage import load
-from .inputs import build_mixup, build_transforms, eval_loader, train_loader
+from .inputs import build_mixup, build_transforms, calibration_loader, eval_loader, train_loader
 from .modeling import frozen_teacher, head_size, open_model, train_only_skip_norms
 from .optim import build_criterion, build_ema, build_optimizer, build_scheduler
 from .rundir import RunDir, run_image_data
@@ -49,6 +49,7 @@ class Session:
     loss: LossConfig
     criterion: nn.Module
     mixup: Any = None
+    calibration_loader: Any = None
     teacher: nn.Module | None = None
     ema: Any = None
     state: TrainState = field(default_factory=TrainState)
@@ -209,6 +210,7 @@ def prepare_session(
     config = {**config, "workers": min(config["workers"], os.cpu_count() or 1)}
     loader, sampler = train_loader(data, transforms.train, config, world)
     evaluation = eval_loader(data, transforms.eval, config)
+    calibration = calibration_loader(data, transforms.eval, config) if not pattern else None
     classes = head_size(net) or data.num_classes or 0
     mixup = build_mixup(config, classes)
     criterion = build_criterion(config, mixup is not None)
@@ -241,6 +243,6 @@ def prepare_session(
     return Session(
         accelerator=accelerator, run=run, config=config, info=info, data=data, net=net, trained=trained,
         model=model, optimizer=optimizer, scheduler=scheduler, total_epochs=total_epochs, train_loader=loader,
-        sampler=sampler, eval_loader=evaluation, loss=LossConfig.from_config(config, net), criterion=criterion,
+        sampler=sampler, eval_loader=evaluation, calibration_loader=calibration, loss=LossConfig.from_config(config, net), criterion=criterion,
         mixup=mixup, teacher=teacher, ema=ema, state=state, notes=notes,
     )

@@ -1,0 +1,66 @@
+"""Re-estimate the BatchNorm statistics of the skip-aware norm copies on the user's images.
+
+A skipped sub-path changes the distribution every later layer sees; the copies start with the
+original statistics, which no longer fit. Running the base-net over unlabelled images with only the
+copies in train mode (a cumulative average, no gradients) re-estimates them: the cheapest large
+lever of label-free fine-tuning (docs/finetune.md). The super-net never runs a copy, so it is untouched.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from ..adaptive import AdaptiveNet
+
+__all__ = ["calibrate_skip_norms", "skip_norm_batchnorms"]
+
+
+def skip_norm_batchnorms(net: AdaptiveNet) -> list[nn.modules.batchnorm._BatchNorm]:
+    """The skip-aware norm copies that are BatchNorm layers (the ones with running statistics)."""
+    return [norm.skip_copy for norms in net._norms for norm in norms
+            if isinstance(norm.skip_copy, nn.modules.batchnorm._BatchNorm) and norm.skip_copy.track_running_stats]
+
+
+def calibrate_skip_norms(net: AdaptiveNet, batches: Iterable[Any], *, max_images: int,
+                         device: torch.device | str = "cpu", on_batch: Any = None) -> int:
+    """Replace the copies' running statistics by their average over up to ``max_images`` images.
+
+    Args:
+        net: the adaptive net; its training mode is restored afterwards.
+        batches: ``(images, labels)`` batches (labels unused), with evaluation transforms.
+        max_images: how many images to average over.
+        device: where the images go.
+        on_batch: called with the number of images after each batch (a progress bar).
+
+    Returns:
+        The number of images used.
+    """
+    norms = skip_norm_batchnorms(net)
+    if not norms or max_images <= 0:
+        return 0
+    was_training = net.training
+    momenta = [m.momentum for m in norms]
+    seen = 0
+    try:
+        net.eval()
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative moving average: every batch weighs the same
+            m.train()
+        with torch.no_grad(), net.subnet("base"):
+            for images, _ in batches:
+                images = images[: max_images - seen].to(device)
+                net(images)
+                seen += images.shape[0]
+                if on_batch is not None:
+                    on_batch(images.shape[0])
+                if seen >= max_images:
+                    break
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        net.train(was_training)
+    return seen
