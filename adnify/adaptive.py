@@ -9,8 +9,8 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import nn
 
-from .analysis import default_input_size
-from .plan import Plan, all_patterns, format_pattern, parse_pattern
+from .conversion.analysis import default_input_size
+from .conversion.plan import Plan, all_patterns, format_pattern, parse_pattern
 from .skipping import SkipAwareNorm, SkippableBlock, make_skip_aware, make_skippable, restore
 
 Pattern = str | Sequence[bool]
@@ -121,7 +121,7 @@ class AdaptiveNet(nn.Module):
 
     def save(self, directory: str, *, force: bool = False, extra: dict[str, Any] | None = None) -> None:
         """Write ``model.safetensors`` and ``adnify.json`` (plan, source, version) atomically."""
-        from .storage import save
+        from .io.storage import save
 
         save(self, directory, force=force, extra=extra)
 

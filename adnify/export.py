@@ -11,7 +11,7 @@ import torch
 
 from .adaptive import AdaptiveNet, Pattern
 from .errors import AdnifyError
-from .files import check_writable
+from .io.files import check_writable
 
 
 def export_file(net: AdaptiveNet, pattern: Pattern, path: str | os.PathLike, *, format: str = "pt",

@@ -3,7 +3,7 @@
 Four measurements, each printed as a row with its target and PASS/MISS:
 
 a. overhead   converted super-net latency / original timm model latency (eager, CPU, batches 1 and 16),
-              both timed interleaved by :func:`adnify.latency.measure_interleaved`; target <= 1.02.
+              both timed interleaved by :func:`adnify.report.latency.measure_interleaved`; target <= 1.02.
               An A/A row (the original against an identical deep copy of itself) shows the noise floor.
 b. switch     time of ``net.set_subnet(p)`` alternating between two different patterns; target < 50 us.
 c. speed-up   base/super latency ratio against base/super MACs ratio (batch 1); target: within 0.05.
@@ -43,10 +43,10 @@ import timm
 import torch
 
 import adnify
-from adnify.analysis import default_input_size
-from adnify.costs import pattern_costs
+from adnify.conversion.analysis import default_input_size
+from adnify.report.costs import pattern_costs
 from adnify import latency
-from adnify.latency import measure_interleaved
+from adnify.report.latency import measure_interleaved
 
 SECTIONS = ("overhead", "switch", "speedup", "convert")
 OVERHEAD_MODELS = ("resnet50", "vit_small_patch16_224", "swin_tiny_patch4_window7_224", "mobilenetv2_100")

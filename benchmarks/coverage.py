@@ -60,8 +60,8 @@ def check_one(name: str) -> dict[str, Any]:
     import torch
 
     import adnify
-    from adnify.analysis import default_input_size
-    from adnify.costs import pattern_costs
+    from adnify.conversion.analysis import default_input_size
+    from adnify.report.costs import pattern_costs
 
     torch.set_num_threads(1)
     cfg_size = tuple(timm.get_pretrained_cfg(name).input_size) if timm.get_pretrained_cfg(name) else (3, 224, 224)
@@ -245,7 +245,7 @@ def write_markdown(rows: list[dict[str, Any]], path: Path, *, timeout: float) ->
         "for ViT-like models), else its default input size.",
         "",
         "- **converted**: number of adaptive stages (`mandatory+skippable` blocks per stage in the",
-        "  `stages` column); super-net / base-net MACs (FLOPs / 2, `adnify.costs.pattern_costs`) at the",
+        "  `stages` column); super-net / base-net MACs (FLOPs / 2, `adnify.report.costs.pattern_costs`) at the",
         "  input shown, so rows are not comparable with each other; max\\|diff\\| = largest absolute",
         "  difference between the super-net and the original model.",
         "- **not applicable**: the one-line `AdnifyError` (nothing adaptive, or torch.fx cannot trace).",

@@ -28,9 +28,9 @@ import timm
 import torch
 
 import adnify
-from adnify.costs import count_macs
-from adnify.data import load_image_data
-from adnify.evaluate import eval_loader, evaluate_patterns
+from adnify.report.costs import count_macs
+from adnify.io.data import load_image_data
+from adnify.report.evaluate import eval_loader, evaluate_patterns
 from adnify.report import build_report
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "imagenet-sample"

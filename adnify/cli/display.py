@@ -6,7 +6,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..adaptive import AdaptiveNet
-from ..costs import Cost
+from ..report.costs import Cost
 
 console = Console()
 
@@ -44,7 +44,7 @@ def plan_table(net: AdaptiveNet, costs: list[Cost] | None = None, *, title: str 
 
 
 def _growth(net: AdaptiveNet) -> float:
-    from ..costs import original_params
+    from ..report.costs import original_params
 
     base = original_params(net)
     return sum(p.numel() for p in net.parameters()) / base - 1

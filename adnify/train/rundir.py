@@ -24,9 +24,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from ..data import ImageData, load_image_data
+from ..io.data import ImageData, load_image_data
 from ..errors import AdnifyError
-from ..files import atomic_write_text
+from ..io.files import atomic_write_text
 
 __all__ = ["RunDir", "run_image_data"]
 
@@ -91,7 +91,7 @@ class RunDir:
 
     def recipe(self) -> dict[str, Any]:
         """The run's resolved recipe (config.yaml)."""
-        from ..recipes import load_recipe
+        from .recipes import load_recipe
 
         if not self.config.is_file():
             raise AdnifyError(f"{self.path} has no config.yaml")

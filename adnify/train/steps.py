@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from ..adaptive import AdaptiveNet
 from ..errors import AdnifyError
-from ..losses import LossParts, adn_loss, base_loss, channel_kl, super_loss
+from .losses import LossParts, adn_loss, base_loss, channel_kl, super_loss
 from .prefix import SharedPrefix
 
 __all__ = ["AdnPair", "LossConfig", "adn_step", "drop_path_off", "freeze_bn_stats", "plain_step"]

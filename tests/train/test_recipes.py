@@ -1,0 +1,207 @@
+"""Recipes: shipped files are complete and valid, overrides win and are typed, errors name the options."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from adnify.errors import AdnifyError
+from adnify.train.recipes import (
+    DEFAULTS,
+    dump_resolved,
+    list_recipes,
+    load_recipe,
+    parse_overrides,
+    recipe_dir,
+    resolve_lr,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+SHIPPED = ["deit", "finetune", "mobilenet", "resnet", "swin", "vit"]
+
+
+def test_recipe_dir_is_the_checkout_folder():
+    assert recipe_dir() == REPO / "recipes"
+
+
+def test_list_recipes_names_and_summaries():
+    recipes = list_recipes()
+    assert list(recipes) == sorted(recipes)
+    assert set(SHIPPED) <= set(recipes)
+    for name, summary in recipes.items():
+        assert summary and "\n" not in summary, name
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_recipe_loads_with_every_key(name):
+    config = load_recipe(name)
+    assert list(config) == list(DEFAULTS)
+    for key, default in DEFAULTS.items():
+        value = config[key]
+        if value is not None and default is not None:
+            assert type(value) is type(default), (key, value)
+    # Shipped files spell out every key, so a change of DEFAULTS never silently changes a recipe.
+    raw = yaml.safe_load((recipe_dir() / f"{name}.yaml").read_text())
+    assert set(raw) - {"summary"} == set(DEFAULTS)
+    assert config["lr"] is None and config["lr_base"] > 0  # the documented lr convention
+
+
+def test_paper_numbers():
+    deit, resnet, swin, ft = (load_recipe(n) for n in ("deit", "resnet", "swin", "finetune"))
+    assert resolve_lr(deit, 512) == pytest.approx(5e-4)
+    assert (deit["opt"], deit["weight_decay"], deit["epochs"], deit["warmup_epochs"]) == ("adamw", 0.05, 300, 5)
+    assert (deit["mixup"], deit["cutmix"], deit["smoothing"], deit["reprob"], deit["drop_path"]) == (
+        0.8, 1.0, 0.1, 0.25, 0.1)
+    assert deit["aa"] == "rand-m9-mstd0.5-inc1"
+    assert resolve_lr(resnet, 256) == pytest.approx(0.1)
+    assert (resnet["opt"], resnet["momentum"], resnet["weight_decay"], resnet["epochs"]) == ("sgd", 0.9, 1e-4, 150)
+    assert resnet["sched"] == "multistep" and resnet["decay_milestones"] == (60, 100, 140)
+    assert resolve_lr(swin, 1024) == pytest.approx(1e-3)
+    assert (swin["weight_decay"], swin["epochs"], swin["drop_path"]) == (0.05, 300, 0.2)
+    # finetune: what protected the super-net and lifted the base-net on 300 images (README, Results)
+    assert (ft["labels"], ft["freeze_bn_stats"], ft["train_params"], ft["feature_kd"]) == ("none", True, "skip_norms", False)
+    assert (ft["mixup"], ft["cutmix"], ft["kd_weight_pre_logits"], ft["eval_before_training"]) == (1.0, 1.0, 10.0, True)
+    assert resolve_lr(ft, ft["batch_size"]) == pytest.approx(3e-3)
+
+
+def test_resolve_lr_explicit_and_sqrt():
+    config = load_recipe("deit", {"lr": 3e-3})
+    assert resolve_lr(config, 4096) == 3e-3
+    config = load_recipe("deit", {"lr_base_scale": "sqrt"})
+    assert resolve_lr(config, 2048) == pytest.approx(5e-4 * 2)
+
+
+def test_overrides_win_and_are_typed():
+    overrides = parse_overrides(
+        ["lr=1e-3", "epochs=5", "mixup=0", "aa=null", "amp=false", "scale=0.5,1.0",
+         "input_size=[3, 160, 160]", "warmup-epochs=2", "order=sequential", "checkpoint_every_steps=", "opt=lamb", "sched=on"]
+    )
+    assert overrides == {
+        "lr": 1e-3, "epochs": 5, "mixup": 0.0, "aa": None, "amp": False, "scale": (0.5, 1.0),
+        "input_size": (3, 160, 160), "warmup_epochs": 2, "order": "sequential", "checkpoint_every_steps": None,
+        "opt": "lamb", "sched": "on",
+    }
+    assert type(overrides["lr"]) is float and type(overrides["mixup"]) is float  # "1e-3" is a str to PyYAML
+    config = load_recipe("deit", overrides)
+    for key, value in overrides.items():
+        assert config[key] == value
+    # Raw (unparsed) overrides are coerced too.
+    assert load_recipe("resnet", {"epochs": "7", "lr": "1e-2", "hflip": 0})["epochs"] == 7
+
+
+@pytest.mark.parametrize(
+    "items, message",
+    [
+        (["epochs=ten"], "'epochs' in override 'epochs=.*' expects int"),
+        (["epochs=1.5"], "'epochs' in override 'epochs=.*' expects int"),
+        (["amp=maybe"], "'amp' in override 'amp=maybe' expects bool"),
+        (["order=random"], "must be one of joint, sequential"),
+        (["labels=yes"], "must be one of auto, none"),
+        (["alpha=null"], "cannot be null"),
+        (["scale=0.5"], "expects a list of 2 values"),
+        (["scale=0.1,0.5,1"], "needs 2 values"),
+        (["lr"], "must look like key=value"),
+    ],
+)
+def test_bad_override_values(items, message):
+    with pytest.raises(AdnifyError, match=message):
+        parse_overrides(items)
+
+
+def test_unknown_key_names_valid_keys_and_suggests():
+    with pytest.raises(AdnifyError) as info:
+        parse_overrides(["warmup_epoch=3"])
+    message = str(info.value)
+    assert "unknown recipe key 'warmup_epoch'" in message and "did you mean 'warmup_epochs'" in message
+    assert all(key in message for key in DEFAULTS)
+    with pytest.raises(AdnifyError, match="unknown recipe key 'xyz'.*valid keys are .*epochs"):
+        load_recipe("deit", {"xyz": 1})
+
+
+def test_unknown_key_in_file(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("# mine\nepochs: 3\nlearning_rate: 0.1\n")
+    with pytest.raises(AdnifyError, match=f"unknown recipe key 'learning_rate' in {path}.*valid keys are"):
+        load_recipe(str(path))
+
+
+def test_unknown_recipe_lists_available():
+    with pytest.raises(AdnifyError) as info:
+        load_recipe("deitt")
+    message = str(info.value)
+    assert "unknown recipe 'deitt'" in message and "did you mean 'deit'" in message
+    assert all(name in message for name in SHIPPED)
+    with pytest.raises(AdnifyError, match="not found"):
+        load_recipe("missing/recipe.yaml")
+
+
+def test_recipe_from_path_partial_and_summary_key(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text("summary: a tiny run\nepochs: 2\nbatch_size: 8\nlr: 1.0e-3\n")
+    config = load_recipe(path, {"epochs": 3})
+    assert config["epochs"] == 3 and config["batch_size"] == 8 and config["lr"] == 1e-3
+    assert "summary" not in config
+    assert config["alpha"] == DEFAULTS["alpha"]  # unspecified keys take the defaults
+
+
+@pytest.mark.parametrize("text, message", [("- a\n- b\n", "must be a mapping"), ("epochs: [1\n", "not valid YAML")])
+def test_malformed_file(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(AdnifyError, match=message):
+        load_recipe(path)
+
+
+def test_dump_resolved_round_trips(tmp_path):
+    config = load_recipe("swin", parse_overrides(["epochs=3", "input_size=3,224,224"]))
+    out = tmp_path / "run" / "config.yaml"
+    dump_resolved(config, out)
+    assert out.read_text().startswith("#")
+    assert load_recipe(out) == config
+    assert not [p for p in out.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.slow
+def test_wheel_ships_recipes(tmp_path):
+    """A non-editable install finds the recipes under adnify/_recipes."""
+    # Stage only what the wheel needs, so the build neither sees nor writes anything else in the checkout.
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(REPO / "pyproject.toml", src)
+    shutil.copytree(REPO / "adnify", src / "adnify", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "recipes", src / "recipes")
+    for name in ("README.md", "LICENSE"):
+        if (REPO / name).exists():
+            shutil.copy(REPO / name, src)
+    if not (src / "README.md").exists():
+        (src / "README.md").write_text("adnify\n")
+    if not (src / "adnify" / "__init__.py").exists():  # the package root may not be written yet
+        (src / "adnify" / "__init__.py").write_text('__version__ = "0.0.0"\n')
+    dist = tmp_path / "dist"
+    cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(src)]
+    subprocess.run(cmd, check=True, timeout=600)
+    (wheel,) = dist.glob("adnify-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    shipped = sorted(n for n in names if n.startswith("adnify/_recipes/") and n.endswith(".yaml"))
+    assert shipped == [f"adnify/_recipes/{name}.yaml" for name in SHIPPED]
+
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
+                   check=True, timeout=600)
+    probe = (
+        "import adnify.train.recipes as r, json; "
+        "print(json.dumps([str(r.recipe_dir()), sorted(r.list_recipes()), r.load_recipe('deit')['epochs']]))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, check=True,
+                         capture_output=True, text=True, timeout=300).stdout
+    folder, names, epochs = __import__("json").loads(out.strip().splitlines()[-1])
+    assert Path(folder) == site / "adnify" / "_recipes"
+    assert names == SHIPPED and epochs == 300
