@@ -150,7 +150,31 @@ def export(
     console.print(f"wrote {path} ({format.value}, pattern {pattern})", highlight=False)
 
 
+def models(
+    pattern: Annotated[str, typer.Argument(help="A prefix (resnet) or a wildcard ('vit_*_224').")] = "*",
+    limit: Annotated[int, typer.Option(help="Show at most this many (0: all).")] = 50,
+) -> None:
+    """List the timm architectures a name can resolve to, most used first.
+
+    Ranked as `adnify convert` ranks an ambiguous name: plain-number variants first, then short
+    suffixes, each by how many pretrained weights timm has for it.
+
+    Example:
+
+        adnify models resnet
+    """
+    from ..io.models import list_model_names
+    from .display import console
+
+    found = list_model_names(pattern)
+    for name, tags in found[: limit or None]:
+        console.print(f"{name}  [dim]{tags} pretrained[/]" if tags else name, highlight=False)
+    if limit and len(found) > limit:
+        console.print(f"... {len(found) - limit} more ({len(found)} in all; --limit 0 lists them all)", highlight=False)
+
+
 def register(app: typer.Typer) -> None:
     app.command()(convert)
+    app.command()(models)
     app.command()(info)
     app.command()(export)

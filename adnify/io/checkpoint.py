@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise AdnifyError(f"cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+        # torch's own message advises weights_only=False, which runs pickled code: never pass that on
+        raise AdnifyError(f"{path} is not a readable weights file: expected a .safetensors file or a torch.save'd "
+                          f"state dict of tensors, found {describe_file(path)}") from e
     while isinstance(obj, dict) and not _is_tensor_dict(obj):
         key = next((k for k in _WRAPPERS if k in obj and isinstance(obj[k], dict)), None)
         if key is None:
@@ -39,6 +42,38 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if all(k.startswith(prefix) for k in obj):
         obj = {k[len(prefix):]: v for k, v in obj.items()}
     return obj
+
+
+def describe_file(path: Path) -> str:
+    """What a file that failed to load looks like, from its first bytes."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    size = path.stat().st_size
+    if not head:
+        return "an empty file"
+    if head.startswith(b"PK\x03\x04"):
+        return ("a torch.save archive holding more than tensors (pickled objects, which are not loaded: save "
+                "model.state_dict() instead), or a damaged one")
+    if head[:1] == b"\x80":
+        return "a pickle file (a legacy torch.save or another Python object: only tensors are loaded)"
+    if len(head) >= 9 and head[8:9] == b"{":
+        declared = int.from_bytes(head[:8], "little")
+        if declared + 8 > size:
+            return f"a truncated safetensors file ({size:,} bytes, its header alone claims {declared:,})"
+        try:
+            with open(path, "rb") as f:
+                f.seek(8)
+                header = json.loads(f.read(declared))
+            end = 8 + declared + max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"),
+                                     default=0)
+        except (ValueError, KeyError, TypeError):
+            return "a safetensors file with a damaged header"
+        if end != size:
+            return f"a truncated safetensors file ({size:,} bytes of the {end:,} its header lists)"
+        return "a damaged safetensors file"
+    if all(32 <= b < 127 or b in (9, 10, 13) for b in head):
+        return "a text file"
+    return f"{size:,} bytes of no known weights format"
 
 
 def _is_tensor_dict(d: dict) -> bool:

@@ -11,6 +11,7 @@ from torch import nn
 from ..adaptive import AdaptiveNet
 from ..conversion.plan import Plan
 from ..errors import AdnifyError
+from .checkpoint import describe_file
 from .storage import FORMAT_VERSION, WEIGHTS_NAME, model_dir, read_config
 
 __all__ = ["load"]
@@ -43,7 +44,11 @@ def load(directory: str | os.PathLike, *, model: nn.Module | None = None,
     weights = directory / WEIGHTS_NAME
     if not weights.is_file():
         raise AdnifyError(f"{directory} has no {WEIGHTS_NAME}")
-    missing, unexpected = load_model(net.model, str(weights), strict=False)
+    try:
+        missing, unexpected = load_model(net.model, str(weights), strict=False)
+    except Exception as e:  # SafetensorError, or a header that parses but lies about the tensors
+        raise AdnifyError(f"{weights} is damaged: {describe_file(weights)}; re-save the model or restore the file "
+                          f"({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from e
     if missing or unexpected:
         raise AdnifyError(f"{weights} does not fit the model: missing {missing[:4]}, unexpected {unexpected[:4]}")
     net.eval()

@@ -31,11 +31,49 @@ def resolve_model_name(name: str) -> str:
     if len(matches) == 1:
         return matches[0] + dot + tag
     if len(matches) > 1:
-        shown = ", ".join(matches[:10]) + (f", ... ({len(matches)} in all)" if len(matches) > 10 else "")
-        raise AdnifyError(f"model name {name!r} is ambiguous: {shown}")
+        ranked = rank_candidates(arch, matches)
+        shown = ", ".join(ranked[:10]) + (", ..." if len(ranked) > 10 else "")
+        pattern = arch if any(c in arch for c in "*?[") else f"{arch}*"
+        raise AdnifyError(f"model name {name!r} is ambiguous: {shown} ({len(ranked)} in all: "
+                          f"adnify models '{pattern}' lists them)")
     close = difflib.get_close_matches(arch, available, n=5, cutoff=0.6)
     hint = f": did you mean {', '.join(close)}?" if close else " (see timm.list_models())"
     raise UnknownModelError(f"unknown model {name!r}{hint}")
+
+
+def _pretrained_tags() -> dict[str, int]:
+    """Architecture -> number of pretrained weight tags timm knows: a fair signal of how much it is used."""
+    counts: dict[str, int] = {}
+    for tagged in timm.list_models(pretrained=True):
+        arch = tagged.partition(".")[0]
+        counts[arch] = counts.get(arch, 0) + 1
+    return counts
+
+
+def rank_candidates(prefix: str, names: list[str]) -> list[str]:
+    """Order the names a prefix or wildcard matched as a person would look for them.
+
+    Names that extend the prefix by a plain number come first (``resnet`` -> ``resnet50``), then by
+    a short suffix (``resnet50d``), then the rest; within each, the most used architecture first
+    (the most pretrained weights in timm), then the shortest name.
+    """
+    tags = _pretrained_tags()
+    stem = prefix.split("*")[0].split("?")[0].split("[")[0]
+
+    def key(name: str) -> tuple[int, int, int, str]:
+        suffix = name[len(stem):] if name.startswith(stem) else name
+        tier = 0 if suffix.isdigit() else 1 if len(suffix) <= 4 else 2
+        return tier, -tags.get(name, 0), len(name), name
+
+    return sorted(names, key=key)
+
+
+def list_model_names(pattern: str = "*") -> list[tuple[str, int]]:
+    """timm architectures matching ``pattern`` (a wildcard or a prefix), ranked, with their pretrained tag counts."""
+    wildcard = pattern if any(c in pattern for c in "*?[") else f"{pattern}*"
+    names = timm.list_models(wildcard)
+    tags = _pretrained_tags()
+    return [(n, tags.get(n, 0)) for n in rank_candidates(wildcard, names)]
 
 
 def create_model(name: str, *, pretrained: bool = False, **kwargs: Any) -> tuple[nn.Module, str]:

@@ -1,0 +1,91 @@
+"""How much unlabelled data label-free conversion needs: base-net top-1 against calibration images.
+
+For each number of unlabelled training images, starting from the converted pretrained model, the
+skip-aware norm copies' BatchNorm statistics are re-estimated on that many images (the
+``calibrate_skip_norms`` step of ``adnify train``), then super- and base-net are scored on a fixed
+validation subset. Resumable: each finished point is kept in ``OUT/curve.json``.
+
+    python examples/label_free_curve.py lite0 ../shared/data/tiny-imagenet -o runs/curve \\
+        --sizes 500,2500,10000,40400 --val 2000 --label-column imagenet_label
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import adnify
+from adnify.io.data import load_image_data, make_loader
+from adnify.io.files import atomic_write_text
+from adnify.report.evaluate import evaluate_patterns
+from adnify.train.calibrate import calibrate_skip_norms
+from adnify.train.inputs import build_transforms
+from adnify.train.recipes import load_recipe
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help="a converted model directory")
+    parser.add_argument("data", help="a dataset with train and validation splits")
+    parser.add_argument("-o", "--output", type=Path, required=True)
+    parser.add_argument("--sizes", default="500,2500,10000,40400")
+    parser.add_argument("--val", type=int, default=2000, help="validation images scored (0: all)")
+    parser.add_argument("--label-column", default=None)
+    parser.add_argument("--extra", action="append", default=[],
+                        help="NAME=PATH: also score each point on another dataset (e.g. full-size photos)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    args.output.mkdir(parents=True, exist_ok=True)
+    out = args.output / "curve.json"
+    results = json.loads(out.read_text()) if out.exists() else {}
+    data = load_image_data(args.data, label_column=args.label_column)
+    net = adnify.load(args.model)
+    transform = build_transforms(net.model, load_recipe("finetune", {})).eval
+    val = data.validation
+    if args.val and args.val < len(val):
+        val = val.select(np.sort(np.random.default_rng(1).permutation(len(val))[: args.val]))
+    scored = {"validation": (val, data)}
+    for item in args.extra:
+        name, path = item.split("=", 1)
+        extra = load_image_data(path, val_split=0)
+        scored[name] = (extra.train, extra)
+
+    sup, base = "F" * net.num_stages, "T" * net.num_stages
+
+    def score() -> dict[str, dict[str, float]]:
+        found = {}
+        for name, (ds, info) in scored.items():
+            loader = make_loader(ds, info, transform, batch_size=args.batch_size, num_workers=1)
+            acc = evaluate_patterns(net, [sup, base], loader, agreement=True, progress=False)
+            found[name] = {p: {"acc1": a.acc1, "agreement": a.agreement, "kl_to_super": a.kl_to_super}
+                           for p, a in acc.items()}
+        return found
+
+    start = {k: v.clone() for k, v in net.state_dict().items()}
+    if "0" not in results:
+        results["0"] = {"images": 0, "seconds": 0.0, "scores": score()}
+        atomic_write_text(out, json.dumps(results, indent=2) + "\n")
+    for size in (int(s) for s in args.sizes.split(",")):
+        if str(size) in results:
+            continue
+        net.load_state_dict(start)
+        pool = data.train.select(np.sort(np.random.default_rng(0).permutation(len(data.train))[:size]))
+        began = time.perf_counter()
+        used = calibrate_skip_norms(net, make_loader(pool, data, transform, batch_size=args.batch_size, shuffle=True,
+                                                     num_workers=1), max_images=size)
+        seconds = time.perf_counter() - began
+        results[str(size)] = {"images": used, "seconds": round(seconds, 1), "scores": score()}
+        atomic_write_text(out, json.dumps(results, indent=2) + "\n")
+        line = "  ".join(f"{n}: super {s[sup]['acc1']:.1f} base {s[base]['acc1']:.1f}"
+                         for n, s in results[str(size)]["scores"].items())
+        print(f"{size} images ({seconds:.0f} s): {line}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
