@@ -26,7 +26,7 @@ class AdaptiveNet(nn.Module):
 
     Attributes:
         model: the wrapped model, converted in place (parameter names unchanged).
-        plan: the :class:`~adnify.plan.Plan` that was applied.
+        plan: the :class:`~adnify.conversion.plan.Plan` that was applied.
         source: how to rebuild the model, e.g. ``{"model": "resnet50", "kwargs": {...}}``.
         stage_outputs: ``h^s`` of every adaptive stage from the last forward pass.
     """

@@ -1,12 +1,12 @@
 """Find the residual stages of a model and plan how to make them adaptive.
 
 The analysis is read-only: it traces the model with torch.fx, runs one forward pass on a
-dummy input to learn shapes, and returns a :class:`~adnify.plan.Plan`.
+dummy input to learn shapes, and returns a :class:`~adnify.conversion.plan.Plan`.
 
 - A *block list* is the children of an ``nn.Sequential``/``nn.ModuleList``, or children of any
   other module numbered alike (RegNet's ``b1, b2, ...``), taken in call order.
 - A *residual block* is a block whose output is its first input plus one or more residual
-  branches (see :mod:`adnify.residuals`).
+  branches (see :mod:`adnify.conversion.residuals`).
 - Consecutive blocks of one list that keep the same shape form a stage; only its trailing
   residual blocks can be skippable, and parameter-free glue (a reshape) does not count as a block.
 - A model whose only stage is its whole trunk (ViT, Mixer...) is isotropic: that stage is cut

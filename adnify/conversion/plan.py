@@ -1,6 +1,6 @@
 """The conversion plan: a plain, JSON-serialisable description of what to make adaptive.
 
-Analysis (:mod:`adnify.analysis`) produces a :class:`Plan`; :mod:`adnify.adaptive` applies it.
+Analysis (:mod:`adnify.conversion.analysis`) produces a :class:`Plan`; :mod:`adnify.adaptive` applies it.
 The plan is stored beside the weights and re-applied on load, so no graph is ever pickled.
 """
 

@@ -1,18 +1,18 @@
 """Everything ``adnify report`` measures about the sub-networks of one adaptive model.
 
-:func:`build_report` returns rows (one per sub-network, see :mod:`adnify.report_output` for
+:func:`build_report` returns rows (one per sub-network, see :mod:`adnify.report.output` for
 their keys and the JSON schema) and the measurement context, ready for
-:func:`~adnify.report_output.render_table`, :func:`~adnify.report_output.write_report`,
-:func:`~adnify.report_output.plot_report` and :func:`~adnify.report_output.select_within_budget`.
+:func:`~adnify.report.output.render_table`, :func:`~adnify.report.output.write_report`,
+:func:`~adnify.report.output.plot_report` and :func:`~adnify.report.output.select_within_budget`.
 
-- **params, macs**: :func:`adnify.costs.pattern_costs`, one counted pass of the super-net
+- **params, macs**: :func:`adnify.report.costs.pattern_costs`, one counted pass of the super-net
   (``torch.utils.flop_counter``) with per-block MACs subtracted for skipped blocks; always
   measured (cheap, and the table is sorted by MACs).
 - **latency**: every pattern timed in the same run, interleaved
-  (:func:`adnify.latency.measure_interleaved`), on the adaptive net itself or, with
+  (:func:`adnify.report.latency.measure_interleaved`), on the adaptive net itself or, with
   ``static=True``, on ``net.export(pattern)``; optionally under ``torch.compile``.
 - **acc**: top-1/top-5 (or agreement with the super-net) of all patterns in one pass over
-  the data (:mod:`adnify.evaluate`).
+  the data (:mod:`adnify.report.evaluate`).
 
 Example::
 
@@ -159,11 +159,11 @@ def build_report(
         net: the adaptive model (it is moved to ``device``/``dtype``).
         patterns: ``"all"``, ``"super"``, ``"base"``, comma-separated patterns, or a list.
         metrics: any of params, macs, latency, acc; params and macs are always measured.
-        data: for ``acc``: a ``--data`` source for :func:`adnify.data.load_image_data`, a training
+        data: for ``acc``: a ``--data`` source for :func:`adnify.io.data.load_image_data`, a training
             run directory (its validation split, rebuilt as training made it), or loaded
-            :class:`~adnify.data.ImageData`. The evaluation split is ``split``, else the
+            :class:`~adnify.io.data.ImageData`. The evaluation split is ``split``, else the
             validation split, else the whole data.
-        split, labels, image_column, label_column: as in :func:`adnify.data.load_image_data`.
+        split, labels, image_column, label_column: as in :func:`adnify.io.data.load_image_data`.
         agreement: also report each sub-network's top-1 agreement with the super-net
             (the only accuracy figure when the data has no labels).
         num_workers: data loader worker processes.
@@ -271,7 +271,7 @@ def build_report(
 def measure_latency(net: AdaptiveNet, patterns: Sequence[str], *, batch_size: int, input_size: Sequence[int],
                     device: torch.device, dtype: torch.dtype, static: bool = False, compile: bool = False,
                     warmup: int = 5, repeats: int = 20, progress: bool = True) -> dict:
-    """Latency of every pattern, measured interleaved in one run; pattern -> :class:`~adnify.latency.Timing`."""
+    """Latency of every pattern, measured interleaved in one run; pattern -> :class:`~adnify.report.latency.Timing`."""
     net.eval().to(device=device, dtype=dtype)
     x = torch.randn(batch_size, *input_size, device=device, dtype=dtype)
     fns: dict[str, Callable[[], Any]] = {}

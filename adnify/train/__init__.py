@@ -9,7 +9,7 @@ Modules: :mod:`.steps` (the joint and sequential steps), :mod:`.loop` (epochs, e
 checkpoints), :mod:`.session` (accelerator, data, models, optimizer), :mod:`.inputs`
 (transforms and the reproducible loader), :mod:`.optim` (timm's builders), :mod:`.modeling`
 (net, baseline, teacher), :mod:`.rundir` (files), :mod:`.state`, :mod:`.progress`,
-:mod:`.demo`; evaluation uses :func:`adnify.evaluate.evaluate_patterns`.
+:mod:`.demo`; evaluation uses :func:`adnify.report.evaluate.evaluate_patterns`.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def train(
     Args:
         source: a timm name (converted with ``convert_options``), a converted model directory, a
             run directory (with ``resume``: the run to continue), or a module.
-        data: what :func:`adnify.data.load_image_data` reads; stored in the run, so not needed to resume.
+        data: what :func:`adnify.io.data.load_image_data` reads; stored in the run, so not needed to resume.
         output: the run directory; default: ``source`` when resuming.
         recipe: a shipped recipe name or a YAML path (default ``resnet``); resuming uses the run's config.yaml.
         overrides: recipe keys to change, e.g. ``{"epochs": 5, "order": "sequential"}``.
@@ -73,7 +73,7 @@ def train(
         pattern: the sub-network a baseline trains (``TTTT`` = the individual base-net).
         resume: continue the run in ``output`` from its last checkpoint.
         force: start over in an existing ``output``, deleting what is there.
-        eval_split, val_split, image_column, label_column: see :func:`adnify.data.load_image_data`.
+        eval_split, val_split, image_column, label_column: see :func:`adnify.io.data.load_image_data`.
         max_steps: stop (with a checkpoint and the final model) once this many steps are done.
         mixed_precision: ``auto`` (fp16 on CUDA when the recipe's ``amp`` is on, else none), ``no``,
             ``fp16`` or ``bf16``.
