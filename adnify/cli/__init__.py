@@ -36,7 +36,10 @@ def main() -> None:
             raise
         from rich.console import Console
 
-        Console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        message = str(e)
+        if "Original Traceback" in message:  # raised in a DataLoader worker: keep the error's own line
+            message = message.strip().splitlines()[-1].partition(": ")[2] or message
+        Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -13,6 +13,7 @@ One entry point, :func:`load_image_data`, reads any of:
 
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,6 +101,11 @@ def load_image_data(
         raise AdnifyError(f"{source} holds no examples")
     first = next(iter(splits.values()))
     image_column = _pick_column(first, image_column, "image", _is_image_column)
+    feature = first.features[image_column]
+    if isinstance(feature, (datasets.Value, datasets.ClassLabel)) and getattr(feature, "dtype", "int64") not in (
+            "binary", "large_binary", "string", "large_string"):
+        raise AdnifyError(f"column {image_column!r} of {source} holds {getattr(feature, 'dtype', feature)} values, "
+                          "not images: pass --image-column with the column of images")
     label_column = _pick_column(first, label_column, "label", _is_label_column) if labels else None
     num_classes = class_names = None
     if label_column is not None:
@@ -127,8 +133,9 @@ def check_labels(data: ImageData, num_classes: int) -> None:
         bad = high if high is not None and high >= num_classes else low if low is not None and low < 0 else None
         if bad is not None:
             raise AdnifyError(
-                f"label {bad} in the {name} data of {data.source} does not fit a head of {num_classes} classes "
-                f"(0..{num_classes - 1}): check the label column, use a head with more classes, or --labels none"
+                f"label {bad} in column {data.label_column!r} of the {name} data of {data.source} (labels {low}..{high}) "
+                f"does not fit a head of {num_classes} classes (0..{num_classes - 1}): pick another --label-column, "
+                "use a head with more classes, or --labels none"
             )
 
 
@@ -158,10 +165,8 @@ def make_loader(
     Returns:
         A DataLoader; labels are -1 when the data has no labels.
     """
-    columns = [c for c in (data.image_column, data.label_column) if c is not None]
-    lazy = ds.with_transform(_Transform(transform, data.image_column, data.label_column), columns=columns)
     return torch.utils.data.DataLoader(
-        lazy,
+        ImageRows(ds, data, transform),
         batch_size=batch_size,
         shuffle=shuffle,
         num_workers=num_workers,
@@ -172,16 +177,45 @@ def make_loader(
     )
 
 
-class _Transform:
-    """Applies a per-image transform to a batch dict (a class, so that workers can pickle it)."""
+class ImageRows(torch.utils.data.Dataset):
+    """``rows[i] -> {"image": tensor, "label": int or -1}``: row ``i`` decoded here, so that a
+    corrupt image is reported by its row (and file) instead of as a decoder's traceback."""
 
-    def __init__(self, transform: Callable, image_column: str, label_column: str | None):
-        self.transform, self.image_column, self.label_column = transform, image_column, label_column
+    def __init__(self, ds: datasets.Dataset, data: ImageData, transform: Callable | None) -> None:
+        self.ds = undecoded(ds, data.image_column)
+        self.transform, self.image_column, self.label_column = transform, data.image_column, data.label_column
+        self.source = data.source
 
-    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
-        images = [self.transform(_to_rgb(x)) for x in batch[self.image_column]]
-        labels = batch[self.label_column] if self.label_column else [None] * len(images)
-        return {"image": images, "label": [-1 if y is None else int(y) for y in labels]}
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        row = self.ds[int(index)]
+        image = decode_image(row[self.image_column], int(index), self.source)
+        label = row[self.label_column] if self.label_column else None
+        return {"image": self.transform(image) if self.transform else image, "label": -1 if label is None else int(label)}
+
+
+def undecoded(ds: datasets.Dataset, column: str) -> datasets.Dataset:
+    """``ds`` with its ``Image`` column left as bytes: :func:`decode_image` decodes each one."""
+    feature = ds.features.get(column)
+    return ds.cast_column(column, datasets.Image(decode=False)) if isinstance(feature, datasets.Image) else ds
+
+
+def decode_image(value: Any, index: int, source: str) -> Image.Image:
+    """An RGB image from a decoded image, an array, or an undecoded ``{"bytes", "path"}`` cell."""
+    try:
+        if isinstance(value, dict) and ("bytes" in value or "path" in value):
+            raw = value.get("bytes")
+            image = Image.open(io.BytesIO(raw) if raw is not None else value["path"])
+            image.load()
+            return image.convert("RGB")
+        return _to_rgb(value)
+    except Exception as e:
+        name = value.get("path") if isinstance(value, dict) else None
+        what = f"row {index}" + (f" ({name})" if name else "")
+        raise AdnifyError(f"the image in {what} of {source} cannot be decoded: {type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else ''}; remove or replace it") from None
 
 
 def _collate(examples: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..io.data import ImageData, _to_rgb, make_loader
+from ..io.data import ImageData, ImageRows, make_loader
 from ..errors import AdnifyError
 
 __all__ = ["EpochSampler", "SeededImages", "Transforms", "build_mixup", "build_transforms", "eval_loader",
@@ -78,15 +78,14 @@ class SeededImages(torch.utils.data.Dataset):
     """
 
     def __init__(self, data: ImageData, transform: Callable, seed: int) -> None:
-        self.ds, self.transform, self.seed = data.train, transform, seed
-        self.image_column, self.label_column = data.image_column, data.label_column
+        self.rows, self.transform, self.seed = ImageRows(data.train, data, None), transform, seed
 
     def __len__(self) -> int:
-        return len(self.ds)
+        return len(self.rows)
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
         epoch, index = key
-        row = self.ds[int(index)]
+        row = self.rows[int(index)]  # decoded; the transform's random draws are seeded below
         seed = (self.seed * 1_000_003 + epoch) * 10_000_019 + int(index)
         py_state, np_state = random.getstate(), np.random.get_state()
         try:
@@ -94,12 +93,11 @@ class SeededImages(torch.utils.data.Dataset):
                 random.seed(seed)
                 np.random.seed(seed % 2**32)
                 torch.manual_seed(seed)
-                image = self.transform(_to_rgb(row[self.image_column]))
+                image = self.transform(row["image"])
         finally:
             random.setstate(py_state)
             np.random.set_state(np_state)
-        label = row[self.label_column] if self.label_column else None
-        return image, -1 if label is None else int(label)
+        return image, row["label"]
 
 
 def _collate(batch: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:

