@@ -61,6 +61,20 @@ class AdaptiveNet(nn.Module):
     # --- sub-network selection ---------------------------------------------------------------
 
     @property
+    def features_only(self) -> bool:
+        """Whether this is a backbone returning feature maps (timm ``features_only``), not a classifier."""
+        # timm's feature wrappers hold a FeatureInfo; its classifiers a plain list of dicts
+        return callable(getattr(getattr(self.model, "feature_info", None), "channels", None))
+
+    @property
+    def feature_info(self) -> Any:
+        """timm's ``FeatureInfo`` of a backbone: channels, reductions and module of each returned level."""
+        info = getattr(self.model, "feature_info", None)
+        if info is None or not self.features_only:
+            raise AttributeError(f"{type(self.model).__name__} is no features_only backbone: it has no feature_info")
+        return info
+
+    @property
     def num_stages(self) -> int:
         """Number of adaptive stages ``N``."""
         return self.plan.num_stages

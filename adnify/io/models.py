@@ -76,6 +76,17 @@ def list_model_names(pattern: str = "*") -> list[tuple[str, int]]:
     return [(n, tags.get(n, 0)) for n in rank_candidates(wildcard, names)]
 
 
+def _feature_levels(name: str) -> str:
+    try:
+        import torch
+
+        with torch.device("meta"):
+            info = timm.create_model(name, features_only=True).feature_info
+        return f"0..{len(info.info) - 1}"
+    except Exception:
+        return "unknown"
+
+
 def create_model(name: str, *, pretrained: bool = False, **kwargs: Any) -> tuple[nn.Module, str]:
     """Create a timm model by (resolved) name; returns the model and the resolved name.
 
@@ -89,6 +100,12 @@ def create_model(name: str, *, pretrained: bool = False, **kwargs: Any) -> tuple
             model = timm.create_model(resolved, pretrained=pretrained, **kwargs)
     except TypeError as e:
         raise AdnifyError(f"cannot create {resolved} with {kwargs}: {e}") from e
+    except (AssertionError, IndexError, ValueError, RuntimeError) as e:
+        if "out_indices" not in kwargs:
+            raise
+        levels = _feature_levels(resolved)
+        raise AdnifyError(f"out_indices {tuple(kwargs['out_indices'])} do not fit {resolved}: its feature levels are "
+                          f"{levels} (0-based, or negative from the last)") from e
     except Exception as e:
         if not pretrained:
             raise

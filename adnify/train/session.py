@@ -181,6 +181,9 @@ def prepare_session(
     set_seed(config["seed"])
     data = _load_data(info, config, accelerator)
     net = _open_net(source, run, resume, config, info, data, notes)
+    if net.features_only:
+        raise AdnifyError("this is a features_only backbone (feature maps, no classifier head): adnify train trains "
+                          "classifiers; train it inside its detector with adnify.detection (examples/detection.py)")
     _fit_labels(data, net, config["labels"] != "none", notes)
     # With train_params: skip_norms the super-net *is* the converted model, so it is its own teacher.
     teacher = frozen_teacher(net) if config["labels"] == "none" and config["train_params"] != "skip_norms" else None
