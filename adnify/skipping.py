@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import torch
 from torch import nn
 
 _SUBCLASSES: dict[tuple[type, type], type] = {}
@@ -28,7 +29,12 @@ class SkippableBlock:
     adnify_stage: int = -1
 
     def forward(self, x: Any, *args: Any, **kwargs: Any) -> Any:
-        out = x if self.adnify_skip else super().forward(x, *args, **kwargs)  # type: ignore[misc]
+        flag = self.adnify_skip
+        if isinstance(flag, torch.Tensor):  # a run-time flag (the dynamic-depth export): a real branch
+            run = super().forward  # type: ignore[misc]
+            out = torch.cond(flag, _passed_through, lambda t: run(t, *args, **kwargs), (x,))
+        else:
+            out = x if flag else super().forward(x, *args, **kwargs)  # type: ignore[misc]
         if self.adnify_sink is not None:
             self.adnify_sink[self.adnify_stage] = out
         return out
@@ -40,9 +46,19 @@ class SkipAwareNorm:
     adnify_skipped: bool = False
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        if self.adnify_skipped:
+        flag = self.adnify_skipped
+        if isinstance(flag, torch.Tensor):
+            own, twin = super().forward, self.skip_copy  # type: ignore[misc, attr-defined]
+            x, rest = args[0], args[1:]
+            return torch.cond(flag, lambda t: twin(t, *rest, **kwargs), lambda t: own(t, *rest, **kwargs), (x,))
+        if flag:
             return self.skip_copy(*args, **kwargs)  # type: ignore[attr-defined]
         return super().forward(*args, **kwargs)  # type: ignore[misc]
+
+
+def _passed_through(x: Any) -> Any:
+    # torch.cond's branches may not return their input itself: the skipped branch is one copy
+    return x.clone()
 
 
 def _swap_class(module: nn.Module, mixin: type) -> None:

@@ -141,26 +141,40 @@ def info(directory: Annotated[str, typer.Argument(help="A converted model or tra
 
 def export(
     directory: Annotated[str, typer.Argument(help="A converted model or training run directory (or a timm name).")],
-    pattern: Annotated[str, typer.Option("--pattern", "-p", help="Sub-network to export: TTFF, super, base.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="File to write.")],
+    pattern: Annotated[Optional[str], typer.Option("--pattern", "-p", help="Sub-network to export: TTFF, super, base.")] = None,
+    dynamic_depth: Annotated[bool, typer.Option(
+        "--dynamic-depth", help="One file for every depth: inputs image and skip (bool[N]), chosen at run time.")] = False,
     format: Annotated[ExportFormat, typer.Option("--format", help="pt: torch.export program (.pt2); onnx.")] = ExportFormat.pt,
     input_size: InputSize = None,
     batch_size: Annotated[int, typer.Option(help="Batch size of the example input.")] = 1,
     force: Force = False,
 ) -> None:
-    """Export one sub-network as a static model with the skipped blocks removed.
+    """Export one sub-network as a static model with the skipped blocks removed, or every depth in one file.
 
-    Example:
+    Examples:
 
         adnify export r50-adn --pattern TTFF --format onnx -o r50-ttff.onnx
+
+        adnify export r50-adn --dynamic-depth --format onnx -o r50-adn.onnx
     """
-    from ..export import export_file
     from ..io.sources import open_source
     from .display import console
 
+    if dynamic_depth == (pattern is not None):
+        raise AdnifyError("pass either --pattern (one static sub-network) or --dynamic-depth (every depth in one file)")
     net = open_source(directory)
-    path = export_file(net, pattern, output, format=format.value, input_size=parse_ints(input_size, "--input-size"),
-                       batch_size=batch_size, force=force)
+    size = parse_ints(input_size, "--input-size")
+    if dynamic_depth:
+        from ..dynamic import export_dynamic
+
+        path = export_dynamic(net, output, format=format.value, input_size=size, force=force)
+        console.print(f"wrote {path} ({format.value}, dynamic depth: inputs 'input' and 'skip' "
+                      f"(bool[{net.num_stages}]), {2 ** net.num_stages} patterns)", highlight=False)
+        return
+    from ..export import export_file
+
+    path = export_file(net, pattern, output, format=format.value, input_size=size, batch_size=batch_size, force=force)
     console.print(f"wrote {path} ({format.value}, pattern {pattern})", highlight=False)
 
 

@@ -1,0 +1,138 @@
+"""One deployable file for every depth: the pattern is an input, ``skip`` (bool[N]), not a choice
+made at export.
+
+Each skippable sub-path and each skip-aware norm pair becomes a real branch (``torch.cond`` in the
+``torch.export`` program, ``If`` in ONNX): a skipped block is not executed. The file carries, as
+metadata, the stage names, the pattern order and every pattern's MACs, so a runtime can choose a
+depth by budget without adnify installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from .adaptive import AdaptiveNet
+from .errors import AdnifyError
+from .io.files import check_writable
+
+__all__ = ["DynamicDepth", "depth_metadata", "export_dynamic", "read_metadata"]
+
+METADATA_KEY = "adnify"
+
+
+class DynamicDepth(nn.Module):
+    """``forward(x, skip)``: the sub-network ``skip`` (one bool per adaptive stage, True = skip) of ``net``."""
+
+    def __init__(self, net: AdaptiveNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> Any:
+        net = self.net
+        try:
+            for i, (blocks, norms) in enumerate(zip(net._skippable, net._norms)):
+                for b in blocks:
+                    b.__dict__["adnify_skip"] = skip[i]
+                for n in norms:
+                    n.__dict__["adnify_skipped"] = skip[i]
+            return net.model(x)
+        finally:
+            flags, net._pattern = net._pattern, None
+            net.set_subnet(flags)  # back to plain bools
+
+
+def depth_metadata(net: AdaptiveNet, input_size: Sequence[int]) -> dict[str, Any]:
+    """What a runtime needs to choose a depth: stages, pattern order, MACs per pattern."""
+    from .report.costs import pattern_costs
+
+    patterns = net.patterns()
+    costs = pattern_costs(net, patterns, input_size=input_size)
+    return {
+        "format": "adnify-dynamic-depth/1",
+        "inputs": {"input": [-1, *input_size], "skip": [net.num_stages]},
+        "skip": "one bool per adaptive stage, in this order; True skips that stage's skippable blocks",
+        "stages": [{"mandatory": s.mandatory, "skippable": s.skippable} for s in net.plan.stages],
+        "patterns": patterns,
+        "macs": {c.pattern: c.macs for c in costs},
+        "params": {c.pattern: c.params for c in costs},
+        "model": net.source.get("model") or net.source.get("class"),
+    }
+
+
+def export_dynamic(net: AdaptiveNet, path: str | os.PathLike, *, format: str = "onnx",
+                   input_size: Sequence[int] | None = None, force: bool = False) -> Path:
+    """Write ``net`` with a run-time depth input as ONNX (``If`` nodes) or a ``torch.export`` program (``torch.cond``)."""
+    path = check_writable(path, force=force)
+    if format not in ("onnx", "pt"):
+        raise AdnifyError(f"unknown export format {format!r}: use pt or onnx")
+    if getattr(net, "features_only", False):
+        raise AdnifyError("--dynamic-depth exports classifiers; a features_only backbone exports one --pattern at a time")
+    size = net.input_size(input_size)
+    net = net.eval()
+    module = DynamicDepth(net).eval()
+    example = (torch.randn(2, *size), torch.zeros(net.num_stages, dtype=torch.bool))
+    shapes = {"x": {0: torch.export.Dim("batch", min=1, max=4096)}, "skip": None}
+    meta = depth_metadata(net, size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix or ".bin", dir=path.parent)
+    os.close(fd)
+    try:
+        try:
+            with torch.no_grad():
+                if format == "pt":
+                    program = torch.export.export(module, example, dynamic_shapes=shapes)
+                    torch.export.save(program, tmp, extra_files={f"{METADATA_KEY}.json": json.dumps(meta)})
+                else:
+                    _onnx(module, example, shapes, meta, tmp)
+        except AdnifyError:
+            raise
+        except Exception as e:
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise AdnifyError(f"{net.source.get('model') or type(net.model).__name__} cannot be exported with a "
+                              f"run-time depth ({type(e).__name__}: {reason[:200]}); export one sub-network at a "
+                              "time with --pattern instead") from e
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _onnx(module: nn.Module, example: tuple, shapes: dict, meta: dict, path: str) -> None:
+    try:
+        import onnx
+        import onnxscript  # noqa: F401
+    except ImportError:
+        raise AdnifyError('ONNX export needs the onnx extra: pip install "adnify[onnx]"') from None
+    program = torch.onnx.export(module, example, dynamo=True, verbose=False, input_names=["input", "skip"],
+                                output_names=["logits"], dynamic_shapes=shapes)
+    program.save(path, external_data=False)
+    model = onnx.load(path)
+    entry = model.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(meta)
+    onnx.save(model, path)
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The adnify metadata of a dynamic-depth file (.onnx or .pt2)."""
+    path = Path(path)
+    if path.suffix == ".onnx":
+        import onnx
+
+        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        if METADATA_KEY not in props:
+            raise AdnifyError(f"{path} is no adnify dynamic-depth file (no '{METADATA_KEY}' metadata)")
+        return json.loads(props[METADATA_KEY])
+    extra = {f"{METADATA_KEY}.json": ""}
+    torch.export.load(str(path), extra_files=extra)
+    if not extra[f"{METADATA_KEY}.json"]:
+        raise AdnifyError(f"{path} is no adnify dynamic-depth file (no {METADATA_KEY}.json inside)")
+    return json.loads(extra[f"{METADATA_KEY}.json"])

@@ -1,0 +1,107 @@
+"""One deployable file whose depth is an input (issue 19): every pattern computes what the adaptive
+model computes, in onnxruntime and in the torch.export program, with real branches."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx.numpy_helper
+import onnxruntime as ort
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import adnify
+from adnify.cli import app
+from adnify.dynamic import export_dynamic, read_metadata
+from adnify.report.costs import pattern_costs
+
+runner = CliRunner()
+TINY = dict(channels=(8, 16, 32, 64), stem_width=8, num_classes=10, zero_init_last=False)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    torch.manual_seed(0)
+    net = adnify.convert("resnet18", input_size=(3, 32, 32), **TINY).eval()
+    folder = tmp_path_factory.mktemp("dynamic")
+    files = {fmt: export_dynamic(net, folder / f"net.{ext}", format=fmt) for fmt, ext in (("onnx", "onnx"), ("pt", "pt2"))}
+    return net, files, folder
+
+
+def flags(pattern: str) -> np.ndarray:
+    return np.array([c == "T" for c in pattern])
+
+
+def test_every_pattern_in_onnxruntime_equals_the_adaptive_model_at_any_batch_size(exported):
+    net, files, _ = exported
+    session = ort.InferenceSession(str(files["onnx"]))
+    inputs = {i.name: i for i in session.get_inputs()}
+    assert inputs["skip"].type == "tensor(bool)" and inputs["skip"].shape == [net.num_stages]
+    for batch in (1, 3):
+        x = torch.randn(batch, 3, 32, 32)
+        for pattern in net.patterns():
+            got = session.run(None, {"input": x.numpy(), "skip": flags(pattern)})[0]
+            with torch.no_grad():
+                expected = net(x, skip=pattern).numpy()
+            np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5, err_msg=pattern)
+
+
+def test_every_pattern_of_the_torch_export_program_equals_the_adaptive_model(exported):
+    net, files, _ = exported
+    program = torch.export.load(str(files["pt"])).module()
+    x = torch.randn(2, 3, 32, 32)
+    for pattern in net.patterns():
+        with torch.no_grad():
+            torch.testing.assert_close(program(x, torch.from_numpy(flags(pattern))), net(x, skip=pattern),
+                                       rtol=1e-4, atol=1e-5, msg=pattern)
+
+
+def test_skipped_blocks_are_branches_and_the_file_is_one_model(exported):
+    net, files, _ = exported
+    graph = onnx.load(str(files["onnx"])).graph
+    branches = [n for n in graph.node if n.op_type == "If"]
+    skippable = sum(len(s.skippable) for s in net.plan.stages)
+    assert len(branches) >= skippable
+    weights = sum(t.numel() * t.element_size() for n, t in net.state_dict().items() if "num_batches" not in n)
+    stored = sum(len(onnx.numpy_helper.to_array(t).tobytes()) for g in _graphs(graph) for t in g.initializer)
+    assert 0.95 * weights < stored < 1.05 * weights  # every weight once, twins included
+
+
+def _graphs(graph):
+    yield graph
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                yield from _graphs(attribute.g)
+
+
+def test_metadata_names_stages_patterns_and_macs_for_a_runtime(exported):
+    net, files, _ = exported
+    expected = {c.pattern: c.macs for c in pattern_costs(net, net.patterns(), input_size=(3, 32, 32))}
+    for path in files.values():
+        meta = read_metadata(path)
+        assert meta["patterns"] == net.patterns() and meta["macs"] == expected
+        assert [s["skippable"] for s in meta["stages"]] == [s.skippable for s in net.plan.stages]
+
+
+def test_a_wrong_skip_vector_is_refused_by_the_runtime(exported):
+    _, files, _ = exported
+    session = ort.InferenceSession(str(files["onnx"]))
+    x = np.zeros((1, 3, 32, 32), np.float32)
+    with pytest.raises(Exception, match="skip"):
+        session.run(None, {"input": x, "skip": np.array([True, False])})
+    with pytest.raises(Exception):
+        session.run(None, {"input": x, "skip": np.zeros(4, np.float32)})
+
+
+def test_cli_refuses_pattern_with_dynamic_depth_and_an_existing_file(exported, tmp_path):
+    net, files, folder = exported
+    net.save(str(tmp_path / "m"))
+    both = runner.invoke(app, ["export", str(tmp_path / "m"), "--dynamic-depth", "--pattern", "TTFF", "-o",
+                               str(tmp_path / "x.onnx")])
+    assert isinstance(both.exception, adnify.AdnifyError) and "either --pattern" in str(both.exception)
+    exists = runner.invoke(app, ["export", str(tmp_path / "m"), "--dynamic-depth", "--format", "onnx",
+                                 "-o", str(files["onnx"])])
+    assert isinstance(exists.exception, adnify.AdnifyError) and "--force" in str(exists.exception)
+    assert not list(tmp_path.glob(".tmp-*"))
