@@ -9,12 +9,11 @@
 __version__ = "0.1.0"
 
 from . import _moved
-
 from .adaptive import AdaptiveNet
 from .conversion.analysis import analyse
 from .conversion.convert import convert
-from .errors import AdnifyError
 from .conversion.plan import Plan, StagePlan, all_patterns, parse_pattern
+from .errors import AdnifyError
 from .io.loading import load
 
 _moved.install()

@@ -43,9 +43,9 @@ import timm
 import torch
 
 import adnify
+from adnify import latency
 from adnify.conversion.analysis import default_input_size
 from adnify.report.costs import pattern_costs
-from adnify import latency
 from adnify.report.latency import measure_interleaved
 
 SECTIONS = ("overhead", "switch", "speedup", "convert")

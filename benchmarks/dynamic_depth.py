@@ -27,9 +27,9 @@ def main() -> None:
     import torch
 
     import adnify
+    from adnify.conversion.plan import format_pattern
     from adnify.dynamic import export_dynamic
     from adnify.export import export_file
-    from adnify.conversion.plan import format_pattern
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="resnet50")

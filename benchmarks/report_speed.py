@@ -28,10 +28,10 @@ import timm
 import torch
 
 import adnify
-from adnify.report.costs import count_macs
 from adnify.io.data import load_image_data
-from adnify.report.evaluate import eval_loader, evaluate_patterns
 from adnify.report import build_report
+from adnify.report.costs import count_macs
+from adnify.report.evaluate import eval_loader, evaluate_patterns
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "imagenet-sample"
 

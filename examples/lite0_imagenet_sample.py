@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 
 import adnify
-from adnify.report.costs import pattern_costs
 from adnify.io.data import load_image_data
+from adnify.report.costs import pattern_costs
 from adnify.report.evaluate import eval_loader, evaluate_patterns
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-sample"

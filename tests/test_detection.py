@@ -3,9 +3,9 @@ depth switches at run time (issue 18)."""
 
 from __future__ import annotations
 
+import pytest
 import timm
 import torch
-import pytest
 from torchvision.models.detection import FasterRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from typer.testing import CliRunner

@@ -107,8 +107,9 @@ def convert(
         adnify convert resnet50 --features-only --out-indices 1,2,3,4 -o r50-backbone
     """
     import adnify
-    from ..report.costs import pattern_costs
+
     from ..io.files import check_writable
+    from ..report.costs import pattern_costs
     from .display import console, plan_table
 
     if output is not None:
@@ -128,8 +129,8 @@ def convert(
 
 def info(directory: Annotated[str, typer.Argument(help="A converted model or training run directory (or a timm name).")]) -> None:
     """Show the plan and sub-network sizes of a saved adaptive model."""
-    from ..report.costs import pattern_costs
     from ..io.sources import open_source
+    from ..report.costs import pattern_costs
     from .display import console, plan_table
 
     net = open_source(directory)

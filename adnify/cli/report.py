@@ -11,8 +11,19 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import AdnifyError
-from .convert import (Checkpoint, Force, Labels, Groups, MatchByOrder, NumClasses, Pretrained, SharedNorms, Stages,
-                      convert_options, parse_ints)
+from .convert import (
+    Checkpoint,
+    Force,
+    Groups,
+    Labels,
+    MatchByOrder,
+    NumClasses,
+    Pretrained,
+    SharedNorms,
+    Stages,
+    convert_options,
+    parse_ints,
+)
 
 _CONVERT = "Conversion (SOURCE is a timm name)"
 _DATA = "Accuracy"
@@ -113,11 +124,11 @@ def report(
 
         adnify report swin_tiny_patch4 --budget-ms 40 --select-only
     """
-    from ..report import output as ro
-    from ..report.build import build_report, parse_metrics, resolve_device
-    from ..io.sources import is_model_dir, open_source
     from rich.console import Console
 
+    from ..io.sources import is_model_dir, open_source
+    from ..report import output as ro
+    from ..report.build import build_report, parse_metrics, resolve_device
     from .display import console
 
     wanted = parse_metrics(metrics) if metrics is not None else ["params", "macs"] + (["acc"] if data else [])

@@ -9,8 +9,19 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .convert import (Checkpoint, Groups, Labels, MatchByOrder, NumClasses, Pretrained, SharedNorms, Split, Stages,
-                      convert_options, parse_ints)
+from .convert import (
+    Checkpoint,
+    Groups,
+    Labels,
+    MatchByOrder,
+    NumClasses,
+    Pretrained,
+    SharedNorms,
+    Split,
+    Stages,
+    convert_options,
+    parse_ints,
+)
 
 
 class Order(str, Enum):

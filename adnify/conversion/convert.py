@@ -10,10 +10,10 @@ from typing import Any, Sequence
 from torch import nn
 
 from ..adaptive import AdaptiveNet
-from .analysis import analyse
-from ..io.checkpoint import load_weights
 from ..errors import AdnifyError
+from ..io.checkpoint import load_weights
 from ..io.models import create_model
+from .analysis import analyse
 
 # Weights that install from the package registry, for offline use: "pkg:<name>".
 _PACKAGED_WEIGHTS = {

@@ -29,12 +29,12 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 import torch
 
 from ..adaptive import AdaptiveNet
-from .costs import MACS_METHOD, pattern_costs
-from ..io.data import ImageData, load_image_data
+from ..conversion.plan import format_pattern, parse_pattern
 from ..errors import AdnifyError
+from ..io.data import ImageData, load_image_data
+from .costs import MACS_METHOD, pattern_costs
 from .evaluate import eval_loader, evaluate_patterns, make_accelerator, progress_bar
 from .latency import measure_interleaved, timing_context
-from ..conversion.plan import format_pattern, parse_pattern
 from .output import Row
 
 if TYPE_CHECKING:

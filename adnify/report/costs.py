@@ -16,8 +16,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..adaptive import AdaptiveNet, Pattern
-from .attention_flops import ATTENTION_FORMULAS
 from ..conversion.plan import parse_pattern
+from .attention_flops import ATTENTION_FORMULAS
 
 MACS_METHOD = "torch.utils.flop_counter: one super-net pass, per-block MACs subtracted for skipped blocks"
 

@@ -28,9 +28,9 @@ import torch
 import torch.nn.functional as F
 
 from ..adaptive import AdaptiveNet
-from ..io.data import ImageData, check_labels, make_loader
-from ..errors import AdnifyError
 from ..conversion.plan import format_pattern, parse_pattern
+from ..errors import AdnifyError
+from ..io.data import ImageData, check_labels, make_loader
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -210,7 +210,14 @@ def progress_bar(description: str, total: int | None, enabled: bool = True) -> I
         yield lambda completed=None: None
         return
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TimeRemainingColumn(), console=Console(stderr=True), transient=True) as bar:

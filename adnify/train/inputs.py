@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..io.data import ImageData, ImageRows, make_loader
 from ..errors import AdnifyError
+from ..io.data import ImageData, ImageRows, make_loader
 
 __all__ = ["EpochSampler", "SeededImages", "Transforms", "build_mixup", "build_transforms", "eval_loader",
            "train_loader"]

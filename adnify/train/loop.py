@@ -10,8 +10,7 @@ import torch
 
 from ..errors import AdnifyError
 from .modeling import baseline_into_net
-from .progress import TrainProgress, stats_line
-from .progress import Meter
+from .progress import Meter, TrainProgress, stats_line
 from .session import Session
 from .state import StopRequest
 from .steps import adn_step, freeze_bn_stats, plain_step

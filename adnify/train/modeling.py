@@ -8,8 +8,8 @@ from typing import Any
 from torch import nn
 
 from ..adaptive import AdaptiveNet, restore_copy
-from ..errors import AdnifyError
 from ..conversion.plan import parse_pattern
+from ..errors import AdnifyError
 
 __all__ = ["baseline_into_net", "frozen_teacher", "head_size", "open_model", "train_only_skip_norms", "with_shared_norms"]
 

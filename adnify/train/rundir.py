@@ -24,8 +24,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from ..io.data import ImageData, load_image_data
 from ..errors import AdnifyError
+from ..io.data import ImageData, load_image_data
 from ..io.files import atomic_write_text
 
 __all__ = ["RunDir", "run_image_data"]

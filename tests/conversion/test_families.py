@@ -29,8 +29,8 @@ from torch import nn
 
 import adnify
 from adnify import AdnifyError
-from adnify.report.costs import count_macs, pattern_costs
 from adnify.conversion.norms import is_norm
+from adnify.report.costs import count_macs, pattern_costs
 from adnify.skipping import SkipAwareNorm
 
 pytestmark = pytest.mark.usefixtures("one_thread")

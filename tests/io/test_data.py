@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from adnify.io.data import ImageData, check_labels, load_image_data, make_loader
 from adnify.errors import AdnifyError
+from adnify.io.data import ImageData, check_labels, load_image_data, make_loader
 
 
 def to_tensor(image: Image.Image) -> torch.Tensor:

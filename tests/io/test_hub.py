@@ -10,8 +10,8 @@ import pytest
 import timm
 
 import adnify
-from adnify.io.data import load_image_data
 from adnify.errors import AdnifyError
+from adnify.io.data import load_image_data
 from adnify.io.hub import hub_or_cache, hub_reachable
 
 

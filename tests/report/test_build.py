@@ -18,10 +18,10 @@ from typer.testing import CliRunner
 
 import adnify
 from adnify.cli import app
-from adnify.report.costs import count_macs
 from adnify.errors import AdnifyError
-from adnify.report.evaluate import evaluate_patterns
 from adnify.report import build_report, parse_metrics, parse_patterns
+from adnify.report.costs import count_macs
+from adnify.report.evaluate import evaluate_patterns
 
 runner = CliRunner()
 TINY = dict(channels=(8, 16, 32, 64), stem_width=8, num_classes=10, input_size=(3, 32, 32))  # resnet18 layout

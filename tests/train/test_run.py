@@ -19,8 +19,8 @@ from typer.testing import CliRunner
 
 import adnify
 from adnify.cli import app
-from adnify.io.data import load_image_data
 from adnify.errors import AdnifyError
+from adnify.io.data import load_image_data
 from adnify.train import train
 from adnify.train.rundir import RunDir
 
