@@ -85,6 +85,42 @@ def main() -> None:
         line = "  ".join(f"{n}: super {s[sup]['acc1']:.1f} base {s[base]['acc1']:.1f}"
                          for n, s in results[str(size)]["scores"].items())
         print(f"{size} images ({seconds:.0f} s): {line}", flush=True)
+    write_table_and_plot(args.output, results, sup, base)
+
+
+def write_table_and_plot(out: Path, results: dict, sup: str, base: str) -> None:
+    """``curve.md`` (a table) and ``curve.png`` (base-net top-1 against images, super-net as a line)."""
+    names = list(next(iter(results.values()))["scores"])
+    rows = sorted(results.values(), key=lambda r: r["images"])
+    lines = ["| unlabelled images | " + " | ".join(f"{n}: super / base top-1" for n in names) + " | seconds |",
+             "| ---: | " + " | ".join("---" for _ in names) + " | ---: |"]
+    for r in rows:
+        cells = [f"{r['scores'][n][sup]['acc1']:.1f} / {r['scores'][n][base]['acc1']:.1f}" for n in names]
+        lines.append(f"| {r['images'] or 'none (naive)'} | " + " | ".join(cells) + f" | {r['seconds']:.0f} |")
+    atomic_write_text(out / "curve.md", "\n".join(lines) + "\n")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.4), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        points = [r for r in rows if r["images"]]
+        xs = [r["images"] for r in points]
+        ax.plot(xs, [r["scores"][name][base]["acc1"] for r in points], "o-", label="base-net, statistics only")
+        ax.axhline(rows[0]["scores"][name][base]["acc1"], color="gray", ls=":", label="base-net, naive")
+        ax.axhline(rows[0]["scores"][name][sup]["acc1"], color="k", ls="--", label="super-net (= original)")
+        ax.set_xscale("log")
+        ax.set_xlabel("unlabelled training images")
+        ax.set_ylabel("top-1 (%)")
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "curve.png", dpi=100)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

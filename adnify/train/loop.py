@@ -236,7 +236,9 @@ def run_loop(
             _calibrate(session, bar)
             if cfg["eval_before_training"]:
                 evaluation = _evaluate(session, bar, phase="calibrated")  # statistics alone, before any step
-        while state.epoch < session.total_epochs:
+        if max_steps is not None and state.step >= max_steps:
+            status = "stopped"  # e.g. --max-steps 0: calibrate (and evaluate) only
+        while status == "completed" and state.epoch < session.total_epochs:
             # accelerate's loader re-seeds its sampler from its own iteration counter: keep both on the epoch.
             session.train_loader.set_epoch(state.epoch)
             session.sampler.set_epoch(state.epoch)

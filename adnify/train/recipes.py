@@ -307,6 +307,10 @@ def load_recipe(name_or_path: str | os.PathLike, overrides: dict[str, Any] | Non
         config[key] = _coerce(key, value, str(path))
     for key, value in (overrides or {}).items():
         config[key] = _coerce(key, value, "overrides")
+    for key in ("epochs", "batch_size"):
+        if config[key] < 1:
+            raise AdnifyError(f"{key} must be at least 1, not {config[key]} (to only re-estimate the skip-aware "
+                              "norm statistics, set calibrate_skip_norms and pass --max-steps 0)")
     return config
 
 
