@@ -36,7 +36,10 @@ class DynamicDepth(nn.Module):
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> Any:
         net = self.net
+        sinks = {m: m.__dict__["adnify_sink"] for m in net.model.modules() if m.__dict__.get("adnify_sink") is not None}
         try:
+            for m in sinks:  # stage outputs are for distillation; an exported program has no use for them
+                m.__dict__["adnify_sink"] = None
             for i, (blocks, norms) in enumerate(zip(net._skippable, net._norms)):
                 for b in blocks:
                     b.__dict__["adnify_skip"] = skip[i]
@@ -44,6 +47,8 @@ class DynamicDepth(nn.Module):
                     n.__dict__["adnify_skipped"] = skip[i]
             return net.model(x)
         finally:
+            for m, sink in sinks.items():
+                m.__dict__["adnify_sink"] = sink
             flags, net._pattern = net._pattern, None
             net.set_subnet(flags)  # back to plain bools
 
