@@ -83,3 +83,19 @@ def test_bad_columns_splits_and_labels_say_what_there_is(hub_layout):
 
     with pytest.raises(AdnifyError, match=r"column 'imagenet_label' .* \(labels 100..102\) does not fit a head of 10"):
         check_labels(data, 10)
+
+
+def test_a_corrupt_image_found_in_a_loader_worker_is_one_line_on_stderr(tmp_path):
+    import subprocess
+    import sys
+
+    import adnify
+
+    adnify.convert("resnet18", channels=(8, 16, 32, 64), stem_width=8, num_classes=3).save(str(tmp_path / "m"))
+    _table(6, bad_row=4).to_parquet(str(tmp_path / "bad.parquet"))
+    done = subprocess.run([sys.executable, "-m", "adnify", "report", str(tmp_path / "m"), "-p", "super", "--data",
+                           str(tmp_path / "bad.parquet"), "--num-workers", "1", "--input-size", "3,32,32"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "row 4 (img4.png)" in errors[0] and "Traceback" not in done.stderr
