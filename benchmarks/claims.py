@@ -221,6 +221,9 @@ def main() -> None:
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         fail(f"unknown variant(s) {', '.join(unknown)}: choose from {', '.join(VARIANTS)}")
+    if not (args.data_root / setting["data"]).is_dir():
+        fail(f"dataset folder {args.data_root / setting['data']} not found: pass --data-root DIR "
+             f"(the folder holding {setting['data']}/)")
     out = args.output
     study = {"setting": key, "model": setting["model"]["name"], "seeds": list(seeds),
              "overrides": {k: list(v) if isinstance(v, tuple) else v for k, v in setting["overrides"].items()}}
@@ -247,16 +250,12 @@ def main() -> None:
             if key_ in results:
                 continue
             if name == "naive":
-                if f"super@{seed}" not in results:
-                    continue  # scored once super is trained
-                found = score(out / f"super-s{seed}", setting, data, "all")
-                found["train_s"] = results[f"super@{seed}"]["train_s"]
-            else:
-                run = out / f"{name}-s{seed}"
-                print(f"[{time.perf_counter() - began:.0f} s] training {key_} in {run}", flush=True)
-                seconds = train_variant(name, seed, setting, data, run)
-                found = score(run, setting, data, "base" if name == "base" else "super" if name == "super" else "all")
-                found["train_s"] = seconds
+                continue  # scored after this seed's variants, from its trained super-net
+            run = out / f"{name}-s{seed}"
+            print(f"[{time.perf_counter() - began:.0f} s] training {key_} in {run}", flush=True)
+            seconds = train_variant(name, seed, setting, data, run)
+            found = score(run, setting, data, "base" if name == "base" else "super" if name == "super" else "all")
+            found["train_s"] = seconds
             results[key_] = found
             done_file.write_text(json.dumps(results, indent=2) + "\n")
             write_outputs(out, study, results)
