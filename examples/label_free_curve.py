@@ -24,7 +24,7 @@ from adnify.io.data import load_image_data, make_loader
 from adnify.io.files import atomic_write_text
 from adnify.report.evaluate import evaluate_patterns
 from adnify.train.calibrate import calibrate_skip_norms
-from adnify.train.inputs import build_transforms
+from adnify.train.inputs import build_transforms, calibration_loader
 from adnify.train.recipes import load_recipe
 
 
@@ -75,10 +75,11 @@ def main() -> None:
         if str(size) in results:
             continue
         net.load_state_dict(start)
-        pool = data.train.select(np.sort(np.random.default_rng(0).permutation(len(data.train))[:size]))
+        # the images adnify train would calibrate on: calibrate_skip_norms=size, seed 0
+        loader = calibration_loader(data, transform, {"calibrate_skip_norms": size, "seed": 0,
+                                                      "batch_size": args.batch_size, "workers": 1})
         began = time.perf_counter()
-        used = calibrate_skip_norms(net, make_loader(pool, data, transform, batch_size=args.batch_size, shuffle=True,
-                                                     num_workers=1), max_images=size)
+        used = calibrate_skip_norms(net, loader, max_images=size)
         seconds = time.perf_counter() - began
         results[str(size)] = {"images": used, "seconds": round(seconds, 1), "scores": score()}
         atomic_write_text(out, json.dumps(results, indent=2) + "\n")

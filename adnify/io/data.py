@@ -6,9 +6,11 @@ One entry point, :func:`load_image_data`, reads any of:
 - a local image folder: class subfolders, or a flat folder with ``metadata.csv`` (``file_name,label``),
   optionally split into ``train/``, ``validation/``... subfolders;
 - a folder written by ``datasets``' ``save_to_disk`` (a ``Dataset`` or a ``DatasetDict``);
+- a folder in the Hugging Face Hub layout (parquet shards and a dataset card), or table files
+  (parquet, arrow, csv, json) or folders of them;
 - a Hugging Face Hub dataset name (needs the Hub, or its local cache with ``HF_HUB_OFFLINE=1``).
 
-:func:`make_loader` then decodes images lazily, batch by batch, through a timm transform.
+:func:`make_loader` then decodes images lazily, row by row (a corrupt one is named), through a timm transform.
 """
 
 from __future__ import annotations
