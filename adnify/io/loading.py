@@ -39,17 +39,42 @@ def load(directory: str | os.PathLike, *, model: nn.Module | None = None,
         import timm
 
         kwargs = {**source.get("kwargs", {}), **(model_kwargs or {})}
-        model = timm.create_model(source["model"], pretrained=False, **kwargs)
-    net = AdaptiveNet(model, Plan.from_dict(config["plan"]), source=source, shared_norms=config.get("shared_norms", False))
+        try:
+            model = timm.create_model(source["model"], pretrained=False, **kwargs)
+        except Exception as e:  # an unknown name or arguments this timm refuses
+            raise AdnifyError(f"{directory}/adnify.json names a model this timm ({timm.__version__}) cannot build: "
+                              f"{source['model']}({_kwargs_text(kwargs)}): {_first_line(e)}") from e
+    try:
+        net = AdaptiveNet(model, Plan.from_dict(config["plan"]), source=source,
+                          shared_norms=config.get("shared_norms", False))
+    except ValueError as e:  # the plan names modules the model lacks: an edited file, or other model arguments
+        what = source.get("model") or source.get("class") or "the given model"
+        raise AdnifyError(f"the plan in {directory}/adnify.json does not fit {what}"
+                          f"({_kwargs_text(source.get('kwargs', {}))}): {_first_line(e)}; "
+                          f"re-convert the model rather than editing adnify.json") from e
     weights = directory / WEIGHTS_NAME
     if not weights.is_file():
         raise AdnifyError(f"{directory} has no {WEIGHTS_NAME}")
     try:
         missing, unexpected = load_model(net.model, str(weights), strict=False)
     except Exception as e:  # SafetensorError, or a header that parses but lies about the tensors
+        if "size mismatch" in str(e) or "shape" in str(e).lower():
+            raise AdnifyError(f"{weights} does not fit the model {directory}/adnify.json describes: "
+                              f"{_first_line(e)}") from e
         raise AdnifyError(f"{weights} is damaged: {describe_file(weights)}; re-save the model or restore the file "
-                          f"({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from e
+                          f"({_first_line(e)})") from e
     if missing or unexpected:
-        raise AdnifyError(f"{weights} does not fit the model: missing {missing[:4]}, unexpected {unexpected[:4]}")
+        missing, unexpected = sorted(missing), sorted(unexpected)
+        raise AdnifyError(f"{weights} does not fit the model {directory}/adnify.json describes: "
+                          f"{len(missing)} tensors missing {missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}")
     net.eval()
     return net
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _kwargs_text(kwargs: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in kwargs.items())

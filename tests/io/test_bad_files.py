@@ -50,3 +50,46 @@ def test_a_checkpoint_that_is_not_weights_says_what_it_found(tmp_path):
         message = error_of(["convert", "resnet18", "--checkpoint", path, "--num-classes", "10"])
         assert "is not a readable weights file" in message and found in message
         assert "weights_only" not in message and "\n" not in message
+
+
+def saved_backbone(tmp_path, edit) -> str:
+    """A saved features-only resnet18 whose adnify.json ``edit`` changes (as a hand edit or another tool would)."""
+    import json
+
+    directory = tmp_path / "bb"
+    adnify.convert("resnet18", features_only=True, out_indices=(1, 2, 3, 4), **{k: v for k, v in TINY.items()
+                                                                             if k != "num_classes"}).save(str(directory))
+    config = json.loads((directory / "adnify.json").read_text())
+    edit(config)
+    (directory / "adnify.json").write_text(json.dumps(config))
+    return directory
+
+
+def test_a_backbone_whose_plan_disagrees_with_its_model_is_refused_in_one_line(tmp_path):
+    def fewer_levels(config):
+        config["source"]["kwargs"]["out_indices"] = [1, 2]  # timm then drops layer3 and layer4
+
+    message = error_of(["info", saved_backbone(tmp_path, fewer_levels)])
+    assert "does not fit resnet18(" in message and "out_indices=[1, 2]" in message and "layer3.0" in message
+    assert "re-convert" in message and "\n" not in message
+
+
+def test_a_plan_naming_a_missing_norm_or_weights_of_another_depth_are_refused(tmp_path):
+    def renamed_norm(config):
+        config["plan"]["stages"][0]["norms"][0] = "layer1.0.no_such_norm"
+
+    assert "layer1.0.no_such_norm" in error_of(["info", saved_backbone(tmp_path / "a", renamed_norm)])
+
+    def deeper_model(config):
+        config["source"]["model"] = "resnet34"  # the plan's modules exist, the weights lack layer1.2 ...
+
+    message = error_of(["info", saved_backbone(tmp_path / "b", deeper_model)])
+    assert "model.safetensors does not fit the model" in message and "missing" in message and "layer1.2" in message
+
+
+def test_a_model_name_timm_cannot_build_is_named(tmp_path):
+    def unknown(config):
+        config["source"]["model"] = "no_such_net"
+
+    message = error_of(["info", saved_backbone(tmp_path, unknown)])
+    assert "cannot build" in message and "no_such_net" in message
