@@ -1,8 +1,12 @@
 """One deployable file for every depth: the pattern is an input, ``skip`` (bool[N]), not a choice
 made at export.
 
-Each skippable sub-path and each skip-aware norm pair becomes a real branch (``torch.cond`` in the
-``torch.export`` program, ``If`` in ONNX): a skipped block is not executed. The file carries, as
+Each adaptive stage becomes one real branch (``torch.cond`` in the ``torch.export`` program, ``If``
+in ONNX): the skipped branch runs the mandatory blocks with the skip-aware norm copies, the other
+runs them with their own norms and then the skippable blocks. Both branches hold plain layers, so a
+runtime fuses each convolution with its BatchNorm as in a static export, and the weights are shared,
+not duplicated. Where a stage's blocks are not consecutive children of one ``nn.Sequential``, that
+stage falls back to a branch per skippable block and per norm pair. The file carries, as
 metadata, the stage names, the pattern order and every pattern's MACs, so a runtime can choose a
 depth by budget without adnify installed.
 """
@@ -27,14 +31,34 @@ __all__ = ["DynamicDepth", "depth_metadata", "export_dynamic", "read_metadata"]
 METADATA_KEY = "adnify"
 
 
+class StageSwitch(nn.Module):
+    """One adaptive stage as a branch on ``skip[index]``: ``skipped`` (mandatory blocks, norm copies) or ``full``."""
+
+    def __init__(self, index: int, skipped: nn.Module, full: nn.Module, flags: list) -> None:
+        super().__init__()
+        self.index, self.skipped, self.full = index, skipped, full
+        self._flags = flags  # filled with the ``skip`` input by DynamicDepth.forward
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cond(self._flags[0][self.index], self.skipped, self.full, (x,))
+
+
 class DynamicDepth(nn.Module):
     """``forward(x, skip)``: the sub-network ``skip`` (one bool per adaptive stage, True = skip) of ``net``."""
 
     def __init__(self, net: AdaptiveNet) -> None:
         super().__init__()
         self.net = net
+        self._flags: list = [None]
+        self.switched = switched_model(net, self._flags)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> Any:
+        if self.switched is not None:
+            self._flags[0] = skip
+            try:
+                return self.switched(x)
+            finally:
+                self._flags[0] = None
         net = self.net
         sinks = {m: m.__dict__["adnify_sink"] for m in net.model.modules() if m.__dict__.get("adnify_sink") is not None}
         try:
@@ -51,6 +75,45 @@ class DynamicDepth(nn.Module):
                 m.__dict__["adnify_sink"] = sink
             flags, net._pattern = net._pattern, None
             net.set_subnet(flags)  # back to plain bools
+
+
+def switched_model(net: AdaptiveNet, flags: list) -> nn.Module | None:
+    """A copy of ``net``'s model (sharing every tensor) whose stages are :class:`StageSwitch` branches.
+
+    None when some stage's blocks are not consecutive children of one ``nn.Sequential`` (then the
+    per-block and per-norm branches of :class:`DynamicDepth`'s fallback are used) or with shared norms.
+    """
+    from .adaptive import _PassThrough, _set_submodule
+
+    stages = [s.mandatory + s.skippable for s in net.plan.stages]
+    if net.shared_norms or not all(_consecutive_in_sequential(net.model, names) for names in stages):
+        return None
+    full = net.export("F" * net.num_stages, share=True)
+    skipped = net.export("T" * net.num_stages, share=True)
+    switched = net.export("F" * net.num_stages, share=True)
+    for i, stage in enumerate(net.plan.stages):
+        names = stage.mandatory + stage.skippable
+        switch = StageSwitch(i, nn.Sequential(*[skipped.get_submodule(n) for n in stage.mandatory]),
+                             nn.Sequential(*[full.get_submodule(n) for n in names]), flags)
+        _set_submodule(switched, names[0], switch)
+        for name in names[1:]:
+            _set_submodule(switched, name, _PassThrough())
+    return switched.eval()
+
+
+def _consecutive_in_sequential(model: nn.Module, names: list[str]) -> bool:
+    parents = {n.rpartition(".")[0] for n in names}
+    if len(parents) != 1:
+        return False
+    parent = model.get_submodule(parents.pop())
+    if not isinstance(parent, nn.Sequential):
+        return False
+    children = list(parent._modules)
+    keys = [n.rpartition(".")[2] for n in names]
+    if any(k not in children for k in keys):
+        return False
+    start = children.index(keys[0])
+    return children[start:start + len(keys)] == keys
 
 
 def depth_metadata(net: AdaptiveNet, input_size: Sequence[int]) -> dict[str, Any]:

@@ -20,12 +20,17 @@ runner = CliRunner()
 TINY = dict(channels=(8, 16, 32, 64), stem_width=8, num_classes=10, zero_init_last=False)
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+@pytest.fixture(scope="module", params=["one branch per stage", "fallback: a branch per block and norm"])
+def exported(request, tmp_path_factory):
     torch.manual_seed(0)
     net = adnify.convert("resnet18", input_size=(3, 32, 32), **TINY).eval()
-    folder = tmp_path_factory.mktemp("dynamic")
-    files = {fmt: export_dynamic(net, folder / f"net.{ext}", format=fmt) for fmt, ext in (("onnx", "onnx"), ("pt", "pt2"))}
+    fallback = request.param.startswith("fallback")
+    folder = tmp_path_factory.mktemp("fallback" if fallback else "per-stage")
+    with pytest.MonkeyPatch.context() as patch:
+        if fallback:  # what a stage whose blocks are not one nn.Sequential's gets
+            patch.setattr(adnify.dynamic, "switched_model", lambda net, flags: None)
+        files = {fmt: export_dynamic(net, folder / f"net.{ext}", format=fmt)
+                 for fmt, ext in (("onnx", "onnx"), ("pt", "pt2"))}
     return net, files, folder
 
 
@@ -61,11 +66,26 @@ def test_skipped_blocks_are_branches_and_the_file_is_one_model(exported):
     net, files, _ = exported
     graph = onnx.load(str(files["onnx"])).graph
     branches = [n for n in graph.node if n.op_type == "If"]
-    skippable = sum(len(s.skippable) for s in net.plan.stages)
-    assert len(branches) >= skippable
+    per_block_and_norm = sum(len(s.skippable) + len(s.norms) for s in net.plan.stages)
+    assert len(branches) in (net.num_stages, per_block_and_norm)
     weights = sum(t.numel() * t.element_size() for n, t in net.state_dict().items() if "num_batches" not in n)
     stored = sum(len(onnx.numpy_helper.to_array(t).tobytes()) for g in _graphs(graph) for t in g.initializer)
     assert 0.95 * weights < stored < 1.05 * weights  # every weight once, twins included
+
+
+def test_a_stage_is_one_branch_whose_sides_are_plain_layers_a_runtime_can_fuse(exported):
+    net, files, folder = exported
+    if folder.name.startswith("fallback"):
+        pytest.skip("the fallback export branches per block and norm")
+    graph = onnx.load(str(files["onnx"])).graph
+    branches = [n for n in graph.node if n.op_type == "If"]
+    assert len(branches) == net.num_stages
+    for node in branches:
+        sides = {a.name: a.g for a in node.attribute}
+        for side in sides.values():  # nothing nested: one decision per stage, then straight-line layers
+            assert not [n for g in _graphs(side) for n in g.node if n.op_type == "If"]
+        convs = {name: sum(n.op_type == "Conv" for n in g.node) for name, g in sides.items()}
+        assert convs["then_branch"] < convs["else_branch"]  # skip=True runs fewer convolutions
 
 
 def _graphs(graph):
