@@ -160,11 +160,14 @@ def _one_step(session: Session, images: torch.Tensor, labels: torch.Tensor, stop
         parts = adn_step(acc, session.model, images, target, session.loss, order=cfg["order"],
                          criterion=session.criterion, teacher_logits=teacher_logits,
                          super_is_teacher=session.super_is_teacher)
-    pre = parts.pre_logits_kd if parts.pre_logits_kd is not None else parts.logit_kd.new_zeros(())
+    zero = parts.logit_kd.new_zeros(())
+    pre = parts.pre_logits_kd if parts.pre_logits_kd is not None else zero
+    im = parts.im if parts.im is not None else zero
     local = torch.stack([parts.total.detach().float(), parts.ce.float(), parts.feature_kd.float(),
-                         parts.logit_kd.float(), pre.float(), torch.tensor(float(stop.requested), device=parts.total.device)])
+                         parts.logit_kd.float(), pre.float(), im.float(),
+                         torch.tensor(float(stop.requested), device=parts.total.device)])
     every = acc.gather(local[None]).cpu()  # one small all-gather: the NaN check and Ctrl-C must agree
-    if not torch.isfinite(every[:, :5]).all():
+    if not torch.isfinite(every[:, :6]).all():
         session.optimizer.zero_grad(set_to_none=True)
         last = session.run.latest_checkpoint()
         raise AdnifyError(
@@ -172,7 +175,7 @@ def _one_step(session: Session, images: torch.Tensor, labels: torch.Tensor, stop
             f" training stopped, nothing saved after the last good checkpoint "
             f"({last if last else 'none yet'}); lower the learning rate or enable grad_clip, then resume"
         )
-    stop.requested = bool(every[:, 5].max() > 0)
+    stop.requested = bool(every[:, 6].max() > 0)
     if cfg["grad_clip"]:
         acc.clip_grad_norm_(session.trained.parameters(), cfg["grad_clip"])
     session.optimizer.step()
@@ -182,10 +185,12 @@ def _one_step(session: Session, images: torch.Tensor, labels: torch.Tensor, stop
     if session.ema is not None:
         session.ema.update(session.trained, step=session.state.step)
     session.scheduler.step_update(num_updates=session.state.step)
-    mean = every[:, :5].mean(0).tolist()
+    mean = every[:, :6].mean(0).tolist()
     values = dict(zip(("loss", "loss_ce", "loss_feature_kd", "loss_logit_kd"), mean))
     if parts.pre_logits_kd is not None:
         values["loss_pre_logits_kd"] = mean[4]
+    if parts.im is not None:
+        values["loss_im"] = mean[5]
     return values
 
 

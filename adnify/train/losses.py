@@ -12,7 +12,10 @@ labels (or, label-free, from an external teacher) and the base-net from the supe
 base_loss``.
 
 ``kd_weight_pre_logits`` (default 0, off as in the paper) adds ``w_p * MSE(z_base, z_super)`` of
-the classifier's input features to the distillation terms: the ``finetune`` recipe uses it.
+the classifier's input features to the distillation terms. ``im_weight`` (default 0, not in the
+paper) adds ``w_im * IM(y_base)``, information maximisation on the base-net's own predictions
+(:func:`information_maximisation`): label-free adaptation of the base-net to the user's images,
+which the ``finetune`` recipe uses.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["LossParts", "adn_loss", "base_loss", "channel_kl", "pre_logits_mse", "super_loss"]
+__all__ = ["LossParts", "adn_loss", "base_loss", "channel_kl", "information_maximisation", "pre_logits_mse",
+           "super_loss"]
 
 Criterion = Callable[[Tensor, Tensor], Tensor]
 
@@ -134,6 +138,7 @@ class LossParts:
         feature_kd: ``sum_s KL(h_super^s || h_base^s)`` (before ``kd_weight_features``); 0 when off.
         logit_kd: ``KL(y_super || y_base)``; 0 when off.
         pre_logits_kd: ``MSE(z_base, z_super)`` of the classifier's inputs; None when off.
+        im: :func:`information_maximisation` of the base-net's logits; None when off.
     """
 
     total: Tensor
@@ -141,6 +146,7 @@ class LossParts:
     feature_kd: Tensor
     logit_kd: Tensor
     pre_logits_kd: Tensor | None = None
+    im: Tensor | None = None
 
     def as_floats(self) -> dict[str, float]:
         """Python floats for a log line (synchronises with the device once per value)."""
@@ -152,7 +158,23 @@ class LossParts:
         }
         if self.pre_logits_kd is not None:
             out["pre_logits_kd"] = float(self.pre_logits_kd)
+        if self.im is not None:
+            out["im"] = float(self.im)
         return out
+
+
+def information_maximisation(logits: Tensor) -> Tensor:
+    """Mean entropy of the predictions minus the entropy of their batch mean (SHOT's IM loss).
+
+    Low when each prediction is confident while the batch's predictions spread over the classes:
+    fitting a network to unlabelled images of a new domain without collapsing onto a few classes
+    (Liang et al., 2020, "Do we really need to access the source data?"). Computed in float32.
+    """
+    log_p = F.log_softmax(logits.float(), dim=-1)
+    p = log_p.exp()
+    entropy = -(p * log_p).sum(-1).mean()
+    mean_p = p.mean(0)
+    return entropy + (mean_p * mean_p.clamp_min(1e-12).log()).sum()
 
 
 def pre_logits_mse(base_pre: Tensor | None, super_pre: Tensor | None) -> Tensor:
@@ -260,24 +282,29 @@ def base_loss(
     base_pre: Tensor | None = None,
     super_pre: Tensor | None = None,
     compiled_kl: bool = False,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The base-net half of :func:`adn_loss`.
+    im_weight: float = 0.0,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The base-net half of :func:`adn_loss`, plus ``im_weight * IM(y_base)``.
 
     Returns:
-        ``(weighted total, feature_kd, logit_kd, pre_logits_kd)``; the last three unweighted and
-        detached. With ``distill=False`` the total is ``CE(base, y) / 2`` and the KD parts are 0.
+        ``(weighted total, feature_kd, logit_kd, pre_logits_kd, im)``; the last four unweighted and
+        detached. With ``distill=False`` the total is ``CE(base, y) / 2`` (+ IM) and the KD parts are 0.
     """
     zero = base_logits.new_zeros((), dtype=torch.float32)
+    im = information_maximisation(base_logits) if im_weight else zero
     if not distill:
-        return (_supervised(base_logits, target, criterion, teacher_logits, temperature, compiled_kl) * 0.5,
-                zero, zero, zero)
-    feat, logit = _distill_terms(
-        base_logits, base_feats, super_logits, super_feats, channel_dims=channel_dims, temperature=temperature,
-        feature_kd=feature_kd, logit_kd=logit_kd, compiled=compiled_kl,
-    )
+        supervised = _supervised(base_logits, target, criterion, teacher_logits, temperature, compiled_kl)
+        return supervised * 0.5 + im_weight * im, zero, zero, zero, im.detach()
+    if feature_kd or logit_kd or not (im_weight or kd_weight_pre_logits):  # the latter raises: nothing to learn
+        feat, logit = _distill_terms(
+            base_logits, base_feats, super_logits, super_feats, channel_dims=channel_dims, temperature=temperature,
+            feature_kd=feature_kd, logit_kd=logit_kd, compiled=compiled_kl,
+        )
+    else:
+        feat = logit = zero
     pre = pre_logits_mse(base_pre, super_pre) if kd_weight_pre_logits else zero
-    total = (1.0 - alpha) * (kd_weight_features * feat + logit + kd_weight_pre_logits * pre)
-    return total, feat.detach(), logit.detach(), pre.detach()
+    total = (1.0 - alpha) * (kd_weight_features * feat + logit + kd_weight_pre_logits * pre) + im_weight * im
+    return total, feat.detach(), logit.detach(), pre.detach(), im.detach()
 
 
 def adn_loss(
@@ -300,6 +327,7 @@ def adn_loss(
     super_pre: Tensor | None = None,
     base_pre: Tensor | None = None,
     compiled_kl: bool = False,
+    im_weight: float = 0.0,
 ) -> LossParts:
     """Skip-aware self-distillation loss for one mini-batch (joint order).
 
@@ -320,18 +348,22 @@ def adn_loss(
         kd_weight_pre_logits: weight of :func:`pre_logits_mse` (an extension; 0 in the paper).
         super_pre, base_pre: the classifier's inputs of both passes, needed when that weight is set.
         compiled_kl: compute every KL term with the fused kernel (see :func:`channel_kl`).
+        im_weight: weight of :func:`information_maximisation` of the base-net's logits (0: off).
     """
     if not distill:
         ce_super = _supervised(super_logits, target, criterion, teacher_logits, temperature, compiled_kl)
         ce_base = _supervised(base_logits, target, criterion, teacher_logits, temperature, compiled_kl)
         total = 0.5 * ce_super + 0.5 * ce_base
         zero = total.new_zeros(())
-        return LossParts(total=total, ce=total.detach(), feature_kd=zero, logit_kd=zero)
+        im = information_maximisation(base_logits) if im_weight else None
+        return LossParts(total=total + im_weight * im if im is not None else total, ce=total.detach(),
+                         feature_kd=zero, logit_kd=zero, im=None if im is None else im.detach())
     ce = _supervised(super_logits, target, criterion, teacher_logits, temperature, compiled_kl)
-    distilled, feat, logit, pre = base_loss(
+    distilled, feat, logit, pre, im = base_loss(
         base_logits, base_feats, super_logits, super_feats, target, channel_dims=channel_dims, alpha=alpha,
         temperature=temperature, feature_kd=feature_kd, logit_kd=logit_kd, kd_weight_features=kd_weight_features,
         kd_weight_pre_logits=kd_weight_pre_logits, base_pre=base_pre, super_pre=super_pre, compiled_kl=compiled_kl,
+        im_weight=im_weight,
     )
     return LossParts(total=alpha * ce + distilled, ce=ce.detach(), feature_kd=feat, logit_kd=logit,
-                     pre_logits_kd=pre if kd_weight_pre_logits else None)
+                     pre_logits_kd=pre if kd_weight_pre_logits else None, im=im if im_weight else None)

@@ -109,6 +109,8 @@ _SCHEMA: dict[str, _Key] = {
     "kd_weight_features": _Key(1.0, float, "weight of the summed feature KL terms"),
     "kd_weight_pre_logits": _Key(0.0, float, "weight of an MSE between base- and super-net pre-logit features "
                                  "(the classifier's input); 0 = off, as in the paper"),
+    "im_weight": _Key(0.0, float, "weight of information maximisation on the base-net's own predictions (entropy "
+                      "of each minus entropy of their batch mean; SHOT): label-free adaptation; 0 = off"),
     "compile_loss": _Key(False, bool, "fuse each KL term into one kernel with torch.compile (needs a C++ compiler "
                          "on CPU, Triton on CUDA; falls back to eager): the same loss, 2-3x faster"),
     "share_prefix": _Key(True, bool, "compute the layers before the first adaptive stage once for both passes "

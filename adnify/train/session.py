@@ -201,8 +201,12 @@ def prepare_session(
             raise AdnifyError("train_params: skip_norms keeps the super-net as converted, which needs freeze_bn_stats: "
                               "true (BatchNorm in train mode would update its statistics)")
         count = train_only_skip_norms(net)
-        notes.append(f"training only the skip-aware norm copies ({count:,} values): the super-net stays as converted"
-                     + (" and is the base-net's teacher" if config["labels"] == "none" else ""))
+        reads_super = config["distill"] and (config["feature_kd"] or config["logit_kd"]
+                                             or config["kd_weight_pre_logits"] > 0)
+        role = (" and is the base-net's teacher" if reads_super else
+                " and is not run in training (no loss term reads it)") if config["labels"] == "none" else ""
+        notes.append(f"training only the skip-aware norm copies ({count:,} values): the super-net stays as "
+                     f"converted{role}")
     info.update(num_classes=head_size(net), class_names=data.class_names, adnify_version=__version__)
 
     world = accelerator.num_processes

@@ -132,6 +132,12 @@ class LossConfig:
     kd_weight_features: float = 1.0
     kd_weight_pre_logits: float = 0.0
     compiled_kl: bool = False
+    im_weight: float = 0.0
+
+    @property
+    def reads_super(self) -> bool:
+        """Whether the base-net's loss needs the super-net's outputs (False: IM alone)."""
+        return self.distill and (self.feature_kd or self.logit_kd or self.kd_weight_pre_logits > 0)
 
     @classmethod
     def from_config(cls, config: dict[str, Any], net: AdaptiveNet) -> "LossConfig":
@@ -141,13 +147,14 @@ class LossConfig:
             feature_kd=config["feature_kd"], logit_kd=config["logit_kd"],
             kd_weight_features=config["kd_weight_features"],
             kd_weight_pre_logits=config["kd_weight_pre_logits"], compiled_kl=config["compile_loss"],
+            im_weight=config["im_weight"],
         )
 
     def kwargs(self) -> dict[str, Any]:
         return dict(channel_dims=list(self.channel_dims), alpha=self.alpha, temperature=self.temperature,
                     feature_kd=self.feature_kd, logit_kd=self.logit_kd, distill=self.distill,
                     kd_weight_features=self.kd_weight_features, kd_weight_pre_logits=self.kd_weight_pre_logits,
-                    compiled_kl=self.compiled_kl)
+                    compiled_kl=self.compiled_kl, im_weight=self.im_weight)
 
     def split(self, feats: list[Tensor]) -> tuple[list[Tensor], Tensor | None]:
         """Stage outputs and, when the pass returned one more tensor, its pre-logit features
@@ -185,6 +192,16 @@ def adn_step(
     """
     if super_is_teacher and (teacher_logits is not None or target is not None):
         raise ValueError("super_is_teacher is label-free: pass neither target nor teacher_logits")
+    if super_is_teacher and not loss.reads_super:
+        # Nothing reads the frozen super-net (IM on the base-net alone): its pass would be wasted.
+        with accelerator.autocast():
+            b_logits, b_feats = model(x, "base")
+            b_feats, b_pre = loss.split(b_feats)
+            b_total, feat, logit, pre, im = base_loss(b_logits, b_feats, b_logits.detach(), [], None,
+                                                      base_pre=b_pre, **loss.kwargs())
+        accelerator.backward(b_total)
+        zero = b_total.detach().new_zeros(())
+        return LossParts(total=b_total.detach(), ce=zero, feature_kd=feat, logit_kd=logit, im=im)
     if order == "joint":
         with accelerator.autocast():
             (s_logits, s_feats), (b_logits, b_feats) = model(x)
@@ -211,13 +228,13 @@ def adn_step(
     with accelerator.autocast():
         b_logits, b_feats = model(x, "base")
         b_feats, b_pre = loss.split(b_feats)
-        b_total, feat, logit, pre = base_loss(b_logits, b_feats, s_logits, s_feats, target, criterion=criterion,
+        b_total, feat, logit, pre, im = base_loss(b_logits, b_feats, s_logits, s_feats, target, criterion=criterion,
                                               teacher_logits=teacher_logits, super_pre=s_pre, base_pre=b_pre,
                                               **loss.kwargs())
     accelerator.backward(b_total)
     total = (ce.detach() * weight + b_total.detach())
     return LossParts(total=total, ce=total if not loss.distill else ce.detach(), feature_kd=feat, logit_kd=logit,
-                     pre_logits_kd=pre if loss.kd_weight_pre_logits else None)
+                     pre_logits_kd=pre if loss.kd_weight_pre_logits else None, im=im if loss.im_weight else None)
 
 
 def plain_step(

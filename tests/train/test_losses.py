@@ -248,7 +248,7 @@ def test_adn_loss_is_super_plus_base(flags, label_free):
               "distill": flags.get("distill", True)}
     joint = adn_loss(**{**c, "target": target}, channel_dims=DIMS, teacher_logits=teacher, **flags)
     s = super_loss(c["super_logits"], target, teacher_logits=teacher, **common)
-    b, feat, logit, _ = base_loss(
+    b, feat, logit, _, _ = base_loss(
         c["base_logits"], c["base_feats"], c["super_logits"].detach(), [f.detach() for f in c["super_feats"]],
         target, channel_dims=DIMS, feature_kd=flags.get("feature_kd", True), logit_kd=flags.get("logit_kd", True),
         kd_weight_features=flags.get("kd_weight_features", 1.0), teacher_logits=teacher, **common)

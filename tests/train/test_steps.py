@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
 
 import adnify
+from adnify.train.losses import information_maximisation
 from adnify.train.modeling import baseline_into_net, frozen_teacher, train_only_skip_norms, with_shared_norms
 from adnify.train.steps import AdnPair, LossConfig, adn_step, drop_path_off, freeze_bn_stats, plain_step
 
@@ -30,7 +32,7 @@ def batch(n: int = 8, seed: int = 1):
 
 def config(**changes):
     cfg = dict(alpha=0.5, temperature=1.0, distill=True, feature_kd=True, logit_kd=True, kd_weight_features=1.0,
-               kd_weight_pre_logits=0.0, compile_loss=False)
+               kd_weight_pre_logits=0.0, compile_loss=False, im_weight=0.0)
     cfg.update(changes)
     return cfg
 
@@ -217,3 +219,38 @@ def test_a_trained_static_network_maps_back_into_its_adaptive_pattern(tiny_net, 
     x, _ = batch()
     with torch.no_grad():
         torch.testing.assert_close(back(x, skip=pattern), static.eval()(x))
+
+
+@pytest.mark.parametrize("order", ["joint", "sequential"])
+def test_information_maximisation_alone_runs_no_super_net_pass_and_trains_only_the_norm_copies(
+        tiny_net, accelerator, order):
+    """finetune's label-free objective: IM on the base-net, nothing read from the (frozen) super-net."""
+    net = copy.deepcopy(tiny_net).eval()
+    twins = {n for n, p in net.named_parameters() if p.requires_grad and ".skip_copy." in n}
+    train_only_skip_norms(net)
+    x, _ = batch()
+    loss = LossConfig.from_config(config(feature_kd=False, logit_kd=False, im_weight=1.0), net)
+    assert not loss.reads_super
+    pair = AdnPair(net)
+    passes = []
+    handle = pair.register_forward_pre_hook(lambda _m, args: passes.append(args[1] if len(args) > 1 else "both"))
+    parts = adn_step(accelerator, pair, x, None, loss, order=order, super_is_teacher=True)
+    handle.remove()
+    assert passes == ["base"]
+    assert {n for n, p in net.named_parameters() if p.grad is not None} <= twins
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
+    with torch.no_grad():
+        expected = information_maximisation(net(x, skip="TTTT"))
+    torch.testing.assert_close(parts.im, expected)
+    assert parts.as_floats()["im"] == pytest.approx(float(expected))
+
+
+def test_information_maximisation_prefers_confident_and_diverse_predictions():
+    classes = 10
+    confident_diverse = torch.eye(classes) * 20.0  # each sure, all different
+    collapsed = torch.zeros(classes, classes)
+    collapsed[:, 3] = 20.0  # each sure, all the same class
+    unsure = torch.zeros(classes, classes)  # uniform predictions
+    values = [float(information_maximisation(x)) for x in (confident_diverse, collapsed, unsure)]
+    assert values[0] == pytest.approx(-math.log(classes), abs=1e-3)
+    assert values[1] == pytest.approx(0.0, abs=1e-3) and values[2] == pytest.approx(0.0, abs=1e-6)
