@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from adnify.io.files import atomic_write_text
+
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parent.parent / "shared" / "data"
 
@@ -60,7 +62,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
         overrides=dict(epochs=1, batch_size=64, lr_base=0.01, lr_base_size=256, sched="cosine", warmup_epochs=0,
                        opt="sgd", weight_decay=1e-5, input_size=(3, 128, 128), mixup=0.0, cutmix=0.0,
                        amp=False, workers=2, log_interval=50, model_ema=False),
-        train_images=10000, test_images=2000, seeds=(0,)),
+        train_images=10000, test_images=1000, seeds=(0,)),  # 1,000: 32 patterns x 4 variants are scored
 }
 
 
@@ -95,8 +97,8 @@ def train_variant(name: str, seed: int, setting: dict[str, Any], data: str, run:
     overrides = {**setting["overrides"], "seed": seed, **ABLATIONS.get(name, {})}
     progress = sys.stderr.isatty()
     began = time.perf_counter()
-    if (run / "final" / "adnify.json").exists():
-        return 0.0  # finished before its score was recorded
+    if (run / "final" / "adnify.json").exists():  # finished before its score was recorded: its own wall time
+        return (run / "final").stat().st_mtime - (run / "start").stat().st_mtime
     if (run / "run.json").exists():
         train(str(run), resume=True, progress=progress)
     else:
@@ -226,19 +228,22 @@ def main() -> None:
              f"(the folder holding {setting['data']}/)")
     out = args.output
     study = {"setting": key, "model": setting["model"]["name"], "seeds": list(seeds),
+             "images": [setting["train_images"], setting["test_images"]],
              "overrides": {k: list(v) if isinstance(v, tuple) else v for k, v in setting["overrides"].items()}}
     marker = out / "study.json"
     if marker.exists():
         old = json.loads(marker.read_text())
-        if (old["setting"], old["model"]) != (study["setting"], study["model"]) and not args.force:
-            fail(f"{out} holds a {old['setting']} study of {old['model']}: pass --force to start over, "
-                 "or another -o")
-        if args.force and (old["setting"], old["model"]) != (study["setting"], study["model"]):
+        same = lambda d: (d["setting"], d["model"], d.get("images", study["images"]))  # noqa: E731
+        if same(old) != same(study) and not args.force:
+            fail(f"{out} holds a {old['setting']} study of {old['model']}"
+                 f"{' on other image subsets' if old['setting'] == study['setting'] else ''}: "
+                 "pass --force to start over, or another -o")
+        if args.force and same(old) != same(study):
             import shutil
 
             shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps(study, indent=2) + "\n")
+    atomic_write_text(marker, json.dumps(study, indent=2) + "\n")
     torch.set_num_threads(max(1, torch.get_num_threads()))
     data = prepare_data(setting, out, args.data_root)
     done_file = out / "runs.json"
@@ -257,7 +262,7 @@ def main() -> None:
             found = score(run, setting, data, "base" if name == "base" else "super" if name == "super" else "all")
             found["train_s"] = seconds
             results[key_] = found
-            done_file.write_text(json.dumps(results, indent=2) + "\n")
+            atomic_write_text(done_file, json.dumps(results, indent=2) + "\n")
             write_outputs(out, study, results)
             print(f"[{time.perf_counter() - began:.0f} s] {key_}: " + ", ".join(
                 f"{p} {v:.2f}" for p, v in found["top1"].items() if len(set(p)) == 1), flush=True)
@@ -265,7 +270,7 @@ def main() -> None:
             found = score(out / f"super-s{seed}", setting, data, "all")
             found["train_s"] = results[f"super@{seed}"]["train_s"]
             results[f"naive@{seed}"] = found
-            done_file.write_text(json.dumps(results, indent=2) + "\n")
+            atomic_write_text(done_file, json.dumps(results, indent=2) + "\n")
             write_outputs(out, study, results)
     write_outputs(out, study, results)
     print(f"done: {out / 'claims.md'}")

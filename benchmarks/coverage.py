@@ -114,8 +114,71 @@ def check_one(name: str) -> dict[str, Any]:
             "status": "converted", "stages": net.num_stages, "stage_names": stages, "isotropic": net.plan.isotropic,
             "super_gmacs": sup.gmacs, "base_gmacs": base.gmacs, "max_diff": diff,
             "norms": sum(len(s.norms) for s in net.plan.stages), "input": list(size), "kwargs": kwargs,
+            "backbone": check_backbone(name, kwargs, x),
+            "dynamic": check_dynamic(net, x),
         }
     return {"status": "error", "message": _one_line(f"no input size worked: {last_error}")}
+
+
+def check_backbone(name: str, kwargs: dict[str, Any], x: Any) -> dict[str, Any]:
+    """The same model as a ``features_only`` backbone: super-net maps equal timm's, base-net maps alike in shape."""
+    import timm
+    import torch
+
+    import adnify
+
+    torch.manual_seed(0)
+    try:
+        model = timm.create_model(name, features_only=True, **kwargs).eval()
+        with torch.no_grad():
+            reference = model(x)
+    except Exception as e:  # the family has no feature extraction in timm
+        return {"status": "none", "message": _one_line(f"{type(e).__name__}: {e}", 120)}
+    try:
+        net = adnify.convert(copy.deepcopy(model)).eval()
+        with torch.no_grad():
+            maps, base = net(x), net(x, skip="base")
+    except adnify.AdnifyError as e:
+        return {"status": "n/a", "message": _one_line(str(e), 160)}
+    except Exception as e:
+        return {"status": "error", "message": _one_line(f"{type(e).__name__}: {e}", 160)}
+    reference, maps, base = (list(m.values()) if isinstance(m, dict) else list(m) for m in (reference, maps, base))
+    if len(maps) != len(reference) or len(base) != len(reference):
+        return {"status": "error", "message": f"{len(maps)}/{len(base)} maps against timm's {len(reference)}"}
+    if any(b.shape != r.shape for b, r in zip(base, reference)):
+        return {"status": "error", "message": "a base-net map differs in shape from timm's"}
+    diff = max((m - r).abs().max().item() for m, r in zip(maps, reference))
+    return {"status": "converted", "levels": len(reference), "stages": net.num_stages, "max_diff": diff}
+
+
+def check_dynamic(net: Any, x: Any) -> dict[str, Any]:
+    """The ``--dynamic-depth`` ONNX export: super- and base-net through onnxruntime against the adaptive net."""
+    import tempfile
+
+    import numpy as np
+    import torch
+
+    import adnify
+    from adnify.dynamic import export_dynamic
+
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return {"status": "skipped", "message": "onnxruntime is not installed"}
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            path = export_dynamic(net, f"{folder}/net.onnx", input_size=tuple(x.shape[1:]))
+            session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            diff = 0.0
+            for pattern in ("F" * net.num_stages, "T" * net.num_stages):
+                got = session.run(None, {"input": x.numpy(), "skip": np.array([c == "T" for c in pattern])})[0]
+                with torch.no_grad():
+                    diff = max(diff, float(np.abs(got - net(x, skip=pattern).numpy()).max()))
+        except adnify.AdnifyError as e:
+            return {"status": "refused", "message": _one_line(str(e), 200)}
+        except Exception as e:
+            return {"status": "error", "message": _one_line(f"{type(e).__name__}: {e}", 200)}
+    return {"status": "converted", "max_diff": diff}
 
 
 # --- the families -------------------------------------------------------------------------------------
@@ -217,6 +280,25 @@ def _result_text(row: dict[str, Any]) -> str:
     return text.replace("|", "\\|").replace("\\\\|", "\\|")
 
 
+def _backbone_text(row: dict[str, Any]) -> str:
+    found = row.get("backbone")
+    if not found:
+        return "-"
+    if found["status"] == "converted":
+        return f"{found['levels']} maps, {found['stages']} stages, max\\|diff\\| {found['max_diff']:.1e}"
+    label = {"none": "no features_only in timm", "n/a": "not applicable"}.get(found["status"], "error")
+    return f"{label}: {found['message']}".replace("|", "\\|")
+
+
+def _dynamic_text(row: dict[str, Any]) -> str:
+    found = row.get("dynamic")
+    if not found:
+        return "-"
+    if found["status"] == "converted":
+        return f"exact to {found['max_diff']:.0e} (super, base)"
+    return f"{found['status']}: {found['message']}".replace("|", "\\|")
+
+
 def summary(rows: list[dict[str, Any]]) -> dict[str, int]:
     keys = {"converted": "converted", "n/a": "not applicable", "trace": "trace failed", "timeout": "timeout",
             "error": "error"}
@@ -249,18 +331,25 @@ def write_markdown(rows: list[dict[str, Any]], path: Path, *, timeout: float) ->
         "  input shown, so rows are not comparable with each other; max\\|diff\\| = largest absolute",
         "  difference between the super-net and the original model.",
         "- **not applicable**: the one-line `AdnifyError` (nothing adaptive, or torch.fx cannot trace).",
+        "- **backbone**: the same model built with `features_only=True` and converted: how many feature",
+        "  maps it returns, its adaptive stages, and the largest difference between the super-net's maps and",
+        "  timm's (the base-net's maps are checked to have timm's shapes).",
+        "- **dynamic export**: `adnify export --dynamic-depth --format onnx` of the converted classifier,",
+        "  run in onnxruntime for the super- and base-net pattern: the largest difference from the adaptive",
+        "  model, or the one-line refusal that names the static `--pattern` export as the way out.",
         "",
         "Summary: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v or k in ("converted", "not applicable"))
         + f" ({len(rows)} families).",
         "",
-        "| family | model | params (M) | input | result | stages |",
-        "| --- | --- | ---: | --- | --- | --- |",
+        "| family | model | params (M) | input | result | stages | backbone | dynamic export |",
+        "| --- | --- | ---: | --- | --- | --- | --- | --- |",
     ]
     for row in rows:
         params = f"{row['params'] / 1e6:.1f}" if row.get("params") else "?"
         size = "x".join(str(s) for s in row.get("input", [])[1:]) or "-"
         stages = ", ".join(row.get("stage_names", [])).replace("|", "\\|")
-        lines.append(f"| {row['family']} | `{row['model']}` | {params} | {size} | {_result_text(row)} | {stages} |")
+        lines.append(f"| {row['family']} | `{row['model']}` | {params} | {size} | {_result_text(row)} | {stages} "
+                     f"| {_backbone_text(row)} | {_dynamic_text(row)} |")
     lines.append("")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))

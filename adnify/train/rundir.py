@@ -21,6 +21,7 @@ import json
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -104,9 +105,9 @@ class RunDir:
     # -- metrics ------------------------------------------------------------------------------
 
     def log(self, record: dict[str, Any]) -> None:
-        """Append one record to metrics.jsonl (one line, flushed)."""
+        """Append one record to metrics.jsonl (one line, flushed), stamped with the wall-clock ``time``."""
         with open(self.metrics, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps({**record, "time": round(time.time(), 1)}) + "\n")
             f.flush()
 
     def read_metrics(self) -> list[dict[str, Any]]:
