@@ -49,10 +49,15 @@ def build_transforms(model: nn.Module, config: dict[str, Any]) -> Transforms:
 
 
 class EpochSampler(torch.utils.data.Sampler):
-    """Yields ``(epoch, index)``: a permutation that depends only on ``(seed, epoch)``."""
+    """Yields ``(epoch, index)``: a permutation that depends only on ``(seed, epoch)``.
 
-    def __init__(self, size: int, seed: int, shuffle: bool = True) -> None:
+    With ``limit``, each epoch is the first ``limit`` indices of its permutation: a fresh seeded
+    draw of that many examples every epoch (the recipe's ``epoch_images``).
+    """
+
+    def __init__(self, size: int, seed: int, shuffle: bool = True, limit: int | None = None) -> None:
         self.size, self.seed, self.shuffle, self.epoch = size, seed, shuffle, 0
+        self.limit = size if limit is None else min(limit, size)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -63,10 +68,10 @@ class EpochSampler(torch.utils.data.Sampler):
             order = torch.randperm(self.size, generator=g).tolist()
         else:
             order = list(range(self.size))
-        return iter([(self.epoch, i) for i in order])
+        return iter([(self.epoch, i) for i in order[: self.limit]])
 
     def __len__(self) -> int:
-        return self.size
+        return self.limit
 
 
 class SeededImages(torch.utils.data.Dataset):
@@ -110,12 +115,14 @@ def train_loader(data: ImageData, transform: Callable, config: dict[str, Any], n
     if data.train is None or len(data.train) == 0:
         raise AdnifyError(f"{data.source} has no training examples")
     batch, n = config["batch_size"], len(data.train)
+    if config["epoch_images"] is not None:
+        n = min(n, config["epoch_images"])
     if n < batch * num_processes:
         raise AdnifyError(
             f"{data.source} has {n} training images, fewer than one global batch of {batch * num_processes} "
             f"({batch} x {num_processes} processes): lower the batch size, e.g. --batch-size {max(1, n // num_processes)}"
         )
-    sampler = EpochSampler(n, config["seed"])
+    sampler = EpochSampler(len(data.train), config["seed"], limit=n)
     workers = config["workers"]
     loader = torch.utils.data.DataLoader(
         SeededImages(data, transform, config["seed"]), batch_size=batch, sampler=sampler, drop_last=True,

@@ -195,6 +195,11 @@ def _one_step(session: Session, images: torch.Tensor, labels: torch.Tensor, stop
 
 
 def _train_mode(session: Session) -> None:
+    if session.config["train_params"] == "skip_norms":
+        # The super-net is frozen: the copies adapt to the pretrained model's evaluation function, so
+        # no dropout (timm applies the head's functionally, from the root module's flag) and no drop-path.
+        session.model.eval()
+        return
     session.model.train()
     if session.config["freeze_bn_stats"]:
         freeze_bn_stats(session.model)

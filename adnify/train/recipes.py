@@ -57,6 +57,8 @@ class _Key:
 _SCHEMA: dict[str, _Key] = {
     # -- schedule and optimizer (timm train.py names) --------------------------------------
     "epochs": _Key(300, int, "training epochs"),
+    "epoch_images": _Key(None, int, "images per epoch, a fresh seeded draw from the training split each epoch; "
+                         "null = the whole split", nullable=True),
     "batch_size": _Key(128, int, "images per process and step (global batch = batch_size x processes)"),
     "lr": _Key(None, float, "absolute learning rate; null = lr_base scaled to the global batch", nullable=True),
     "lr_base": _Key(0.1, float, "learning rate for a global batch of lr_base_size images"),

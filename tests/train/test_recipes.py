@@ -68,8 +68,9 @@ def test_paper_numbers():
     # finetune: what kept the super-net and lifted the base-net on 40,400 photos (docs/finetune.md, sixth round)
     assert (ft["labels"], ft["freeze_bn_stats"], ft["train_params"]) == ("none", True, "skip_norms")
     assert (ft["feature_kd"], ft["logit_kd"], ft["kd_weight_pre_logits"], ft["im_weight"]) == (False, False, 0.0, 1.0)
-    assert (ft["calibrate_skip_norms"], ft["mixup"], ft["cutmix"], ft["epochs"]) == (2000, 0.0, 0.0, 1)
-    assert ft["eval_before_training"] and resolve_lr(ft, ft["batch_size"]) == pytest.approx(2e-5)
+    assert (ft["calibrate_skip_norms"], ft["mixup"], ft["cutmix"], ft["epochs"], ft["epoch_images"]) == (
+        2000, 0.0, 0.0, 1, 6400)
+    assert ft["eval_before_training"] and resolve_lr(ft, ft["batch_size"]) == pytest.approx(1e-4)
 
 
 def test_resolve_lr_explicit_and_sqrt():

@@ -460,3 +460,34 @@ def test_report_on_a_run_evaluates_its_own_validation_split(model_dir, tmp_path)
         assert {r["pattern"]: r["acc1"] for r in doc["rows"]} == pytest.approx(expected, abs=1e-6)
     result = runner.invoke(app, ["report", str(out), "--data", str(out), "--split", "train"])
     assert isinstance(result.exception, AdnifyError) and "--split do not apply" in str(result.exception)
+
+
+def test_epoch_images_makes_each_epoch_a_fresh_draw_of_that_many_images(model_dir, digits, tmp_path):
+    from adnify.train.inputs import EpochSampler
+
+    sampler = EpochSampler(100, seed=3, limit=24)
+    first = [i for _, i in sampler]
+    sampler.set_epoch(1)
+    second = [i for _, i in sampler]
+    assert len(sampler) == len(first) == len(second) == 24 and first != second
+    assert len(set(first)) == 24 and sampler.limit == 24
+    out = tmp_path / "run"
+    run(model_dir, digits, out, overrides=dict(epoch_images=32, epochs=2))  # batch 8: 4 steps per epoch
+    assert [r["step"] for r in records(out, "eval")] == [4, 8]
+
+
+def test_skip_norm_training_runs_without_dropout(model_dir, digits, tmp_path, monkeypatch):
+    """Only the norm copies train: the pretrained model's evaluation function is what they adapt to."""
+    import adnify.train.loop
+
+    seen = []
+    real = adnify.train.loop.adn_step
+
+    def spy(accelerator, model, *args, **kwargs):
+        seen.append([m.training for m in model.modules()])  # timm's head dropout reads the root's flag
+        return real(accelerator, model, *args, **kwargs)
+    monkeypatch.setattr(adnify.train.loop, "adn_step", spy)
+    fast = {k: v for k, v in FAST.items() if k != "lr"}
+    train(str(model_dir), data=str(digits), output=tmp_path / "run", recipe="finetune", progress=False,
+          overrides={**fast, "calibrate_skip_norms": 0, "epoch_images": 16})
+    assert seen and not any(training for step in seen for training in step)
