@@ -88,13 +88,12 @@ def switched_model(net: AdaptiveNet, flags: list) -> nn.Module | None:
     stages = [s.mandatory + s.skippable for s in net.plan.stages]
     if net.shared_norms or not all(_consecutive_in_sequential(net.model, names) for names in stages):
         return None
-    full = net.export("F" * net.num_stages, share=True)
     skipped = net.export("T" * net.num_stages, share=True)
-    switched = net.export("F" * net.num_stages, share=True)
+    switched = net.export("F" * net.num_stages, share=True)  # its stage blocks move into the switches
     for i, stage in enumerate(net.plan.stages):
         names = stage.mandatory + stage.skippable
         switch = StageSwitch(i, nn.Sequential(*[skipped.get_submodule(n) for n in stage.mandatory]),
-                             nn.Sequential(*[full.get_submodule(n) for n in names]), flags)
+                             nn.Sequential(*[switched.get_submodule(n) for n in names]), flags)
         _set_submodule(switched, names[0], switch)
         for name in names[1:]:
             _set_submodule(switched, name, _PassThrough())

@@ -280,23 +280,17 @@ def _result_text(row: dict[str, Any]) -> str:
     return text.replace("|", "\\|").replace("\\\\|", "\\|")
 
 
-def _backbone_text(row: dict[str, Any]) -> str:
-    found = row.get("backbone")
+def _check_text(row: dict[str, Any], key: str) -> str:
+    """The ``backbone`` or ``dynamic`` check of a row, as a table cell."""
+    found = row.get(key)
     if not found:
         return "-"
     if found["status"] == "converted":
-        return f"{found['levels']} maps, {found['stages']} stages, max\\|diff\\| {found['max_diff']:.1e}"
-    label = {"none": "no features_only in timm", "n/a": "not applicable"}.get(found["status"], "error")
+        return (f"{found['levels']} maps, {found['stages']} stages, max\\|diff\\| {found['max_diff']:.1e}"
+                if key == "backbone" else f"exact to {found['max_diff']:.0e} (super, base)")
+    labels = {"none": "no features_only in timm", "n/a": "not applicable"} if key == "backbone" else {}
+    label = labels.get(found["status"], "error" if key == "backbone" else found["status"])
     return f"{label}: {found['message']}".replace("|", "\\|")
-
-
-def _dynamic_text(row: dict[str, Any]) -> str:
-    found = row.get("dynamic")
-    if not found:
-        return "-"
-    if found["status"] == "converted":
-        return f"exact to {found['max_diff']:.0e} (super, base)"
-    return f"{found['status']}: {found['message']}".replace("|", "\\|")
 
 
 def summary(rows: list[dict[str, Any]]) -> dict[str, int]:
@@ -349,7 +343,7 @@ def write_markdown(rows: list[dict[str, Any]], path: Path, *, timeout: float) ->
         size = "x".join(str(s) for s in row.get("input", [])[1:]) or "-"
         stages = ", ".join(row.get("stage_names", [])).replace("|", "\\|")
         lines.append(f"| {row['family']} | `{row['model']}` | {params} | {size} | {_result_text(row)} | {stages} "
-                     f"| {_backbone_text(row)} | {_dynamic_text(row)} |")
+                     f"| {_check_text(row, 'backbone')} | {_check_text(row, 'dynamic')} |")
     lines.append("")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))

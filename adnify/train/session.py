@@ -201,9 +201,7 @@ def prepare_session(
             raise AdnifyError("train_params: skip_norms keeps the super-net as converted, which needs freeze_bn_stats: "
                               "true (BatchNorm in train mode would update its statistics)")
         count = train_only_skip_norms(net)
-        reads_super = config["distill"] and (config["feature_kd"] or config["logit_kd"]
-                                             or config["kd_weight_pre_logits"] > 0)
-        role = (" and is the base-net's teacher" if reads_super else
+        role = (" and is the base-net's teacher" if LossConfig.from_config(config, net).reads_super else
                 " and is not run in training (no loss term reads it)") if config["labels"] == "none" else ""
         notes.append(f"training only the skip-aware norm copies ({count:,} values): the super-net stays as "
                      f"converted{role}")
