@@ -15,6 +15,7 @@ one. Resumable: a finished variant is not trained again, an interrupted one resu
     python benchmarks/claims.py --quick -o runs/claims-quick      # CIFAR-10, <= 40 min on 2 CPU cores
     python benchmarks/claims.py -o runs/claims                    # the full setting, 2 seeds (hours)
     python benchmarks/claims.py --setting lite0-tiny -o runs/claims-lite0
+    python benchmarks/claims.py --quick --variants adn --set lr_base=0.4 -o runs/claims-quick-lr2   # a diagnostic
 """
 
 from __future__ import annotations
@@ -44,10 +45,10 @@ CIFAR_MODEL = dict(name="resnet18", convert=dict(channels=(32, 64, 128, 256), nu
 SETTINGS: dict[str, dict[str, Any]] = {
     "cifar10": dict(
         data="cifar10", label_column="label", model=CIFAR_MODEL, recipe="resnet",
-        overrides=dict(epochs=30, batch_size=128, lr_base=0.2, lr_base_size=256, sched="cosine",
+        overrides=dict(epochs=8, batch_size=128, lr_base=0.2, lr_base_size=256, sched="cosine",
                        warmup_epochs=1, weight_decay=5e-4, input_size=(3, 32, 32), scale=(0.5, 1.0),
                        amp=False, workers=2, log_interval=50),
-        train_images=None, test_images=None, seeds=(0, 1)),
+        train_images=None, test_images=None, seeds=(0, 1)),  # all 50,000 / 10,000 images: about 2 h
     "cifar10-quick": dict(
         data="cifar10", label_column="label", model=CIFAR_MODEL, recipe="resnet",
         overrides=dict(epochs=6, batch_size=128, lr_base=0.2, lr_base_size=256, sched="cosine",
@@ -214,10 +215,21 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset")
     parser.add_argument("--seeds", default=None, help="comma-separated seeds (default: the setting's)")
     parser.add_argument("--data-root", type=Path, default=SHARED, help="folder holding cifar10/ and tiny-imagenet/")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a recipe key for every variant (repeatable; a diagnostic study)")
     parser.add_argument("--force", action="store_true", help="start over in a folder holding another study")
     args = parser.parse_args()
     key = "cifar10-quick" if args.quick and args.setting == "cifar10" else args.setting
     setting = SETTINGS[key]
+    if args.set:
+        from adnify.errors import AdnifyError
+        from adnify.train.recipes import parse_overrides
+
+        try:
+            extra = parse_overrides(args.set)
+        except AdnifyError as e:
+            fail(str(e))
+        setting = {**setting, "overrides": {**setting["overrides"], **extra}}
     seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else setting["seeds"]
     variants = [v.strip() for v in args.variants.split(",")]
     unknown = [v for v in variants if v not in VARIANTS]
@@ -233,10 +245,11 @@ def main() -> None:
     marker = out / "study.json"
     if marker.exists():
         old = json.loads(marker.read_text())
-        same = lambda d: (d["setting"], d["model"], d.get("images", study["images"]))  # noqa: E731
+        same = lambda d: (d["setting"], d["model"], d.get("images", study["images"]),  # noqa: E731
+                          d.get("overrides", study["overrides"]))
         if same(old) != same(study) and not args.force:
             fail(f"{out} holds a {old['setting']} study of {old['model']}"
-                 f"{' on other image subsets' if old['setting'] == study['setting'] else ''}: "
+                 f"{' on other image subsets or schedule' if old['setting'] == study['setting'] else ''}: "
                  "pass --force to start over, or another -o")
         if args.force and same(old) != same(study):
             import shutil
@@ -249,29 +262,29 @@ def main() -> None:
     done_file = out / "runs.json"
     results: dict[str, Any] = json.loads(done_file.read_text()) if done_file.exists() else {}
     began = time.perf_counter()
-    for seed in seeds:
-        for name in variants:
+    def record(key_: str, found: dict[str, Any]) -> None:
+        results[key_] = found
+        atomic_write_text(done_file, json.dumps(results, indent=2) + "\n")
+        write_outputs(out, study, results)
+        print(f"[{time.perf_counter() - began:.0f} s] {key_}: " + ", ".join(
+            f"{p} {v:.2f}" for p, v in found["top1"].items() if len(set(p)) == 1), flush=True)
+
+    # Variant by variant, every seed of one before the next: the main comparison has its spread first.
+    for name in variants:
+        for seed in seeds:
             key_ = f"{name}@{seed}"
             if key_ in results:
                 continue
-            if name == "naive":
-                continue  # scored after this seed's variants, from its trained super-net
+            if name == "naive":  # the trained super-net of this seed with its skippable halves dropped
+                if f"super@{seed}" in results:
+                    found = score(out / f"super-s{seed}", setting, data, "all")
+                    record(key_, {**found, "train_s": results[f"super@{seed}"]["train_s"]})
+                continue
             run = out / f"{name}-s{seed}"
             print(f"[{time.perf_counter() - began:.0f} s] training {key_} in {run}", flush=True)
             seconds = train_variant(name, seed, setting, data, run)
             found = score(run, setting, data, "base" if name == "base" else "super" if name == "super" else "all")
-            found["train_s"] = seconds
-            results[key_] = found
-            atomic_write_text(done_file, json.dumps(results, indent=2) + "\n")
-            write_outputs(out, study, results)
-            print(f"[{time.perf_counter() - began:.0f} s] {key_}: " + ", ".join(
-                f"{p} {v:.2f}" for p, v in found["top1"].items() if len(set(p)) == 1), flush=True)
-        if f"naive@{seed}" not in results and f"super@{seed}" in results and "naive" in variants:
-            found = score(out / f"super-s{seed}", setting, data, "all")
-            found["train_s"] = results[f"super@{seed}"]["train_s"]
-            results[f"naive@{seed}"] = found
-            atomic_write_text(done_file, json.dumps(results, indent=2) + "\n")
-            write_outputs(out, study, results)
+            record(key_, {**found, "train_s": seconds})
     write_outputs(out, study, results)
     print(f"done: {out / 'claims.md'}")
 
