@@ -173,6 +173,42 @@ def export_dynamic(net: AdaptiveNet, path: str | os.PathLike, *, format: str = "
     return path
 
 
+def _localise_initializers(model: Any) -> int:
+    """Move each weight that only one ``If`` branch reads into that branch; returns how many moved.
+
+    onnxruntime's layout pass (NCHWc) rewrites only convolutions whose weights are initializers of
+    their own graph: left in the main graph, the skippable blocks' weights kept their branch in the
+    plain layout, 1.2x slower than the static export (ResNet-50). Moving them stores nothing twice.
+    """
+    import onnx
+
+    readers: dict[str, set[int]] = {}
+    graphs: dict[int, Any] = {}
+
+    def walk(graph: Any) -> None:
+        graphs[id(graph)] = graph
+        for node in graph.node:
+            for name in node.input:
+                readers.setdefault(name, set()).add(id(graph))
+            for attr in node.attribute:
+                for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
+                    walk(sub)
+
+    main = model.graph
+    walk(main)
+    keep, moved = [], 0
+    for init in main.initializer:
+        where = readers.get(init.name, set())
+        if len(where) == 1 and id(main) not in where:
+            graphs[next(iter(where))].initializer.append(init)
+            moved += 1
+        else:
+            keep.append(init)
+    del main.initializer[:]
+    main.initializer.extend(keep)
+    return moved
+
+
 def _onnx(module: nn.Module, example: tuple, shapes: dict, meta: dict, path: str) -> None:
     try:
         import onnx
@@ -183,6 +219,7 @@ def _onnx(module: nn.Module, example: tuple, shapes: dict, meta: dict, path: str
                                 output_names=["logits"], dynamic_shapes=shapes)
     program.save(path, external_data=False)
     model = onnx.load(path)
+    _localise_initializers(model)
     entry = model.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(meta)
     onnx.save(model, path)

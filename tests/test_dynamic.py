@@ -88,6 +88,20 @@ def test_a_stage_is_one_branch_whose_sides_are_plain_layers_a_runtime_can_fuse(e
         assert convs["then_branch"] < convs["else_branch"]  # skip=True runs fewer convolutions
 
 
+def test_weights_that_one_branch_reads_are_stored_in_that_branch(exported):
+    # onnxruntime's NCHWc layout pass rewrites only convolutions whose weights are local to their graph
+    _, files, _ = exported
+    graph = onnx.load(str(files["onnx"])).graph
+    readers: dict[str, set[int]] = {}
+    for g in _graphs(graph):
+        for node in g.node:
+            for name in node.input:
+                readers.setdefault(name, set()).add(id(g))
+    outer = [t.name for t in graph.initializer if readers.get(t.name, set()) - {id(graph)} and len(readers[t.name]) == 1]
+    assert not outer
+    assert any(g.initializer for g in list(_graphs(graph))[1:])
+
+
 def _graphs(graph):
     yield graph
     for node in graph.node:
