@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Sequence
@@ -161,9 +162,9 @@ def export_dynamic(net: AdaptiveNet, path: str | os.PathLike, *, format: str = "
         except AdnifyError:
             raise
         except Exception as e:
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            reason = _root_reason(e)
             raise AdnifyError(f"{net.source.get('model') or type(net.model).__name__} cannot be exported with a "
-                              f"run-time depth ({type(e).__name__}: {reason[:200]}); export one sub-network at a "
+                              f"run-time depth ({reason[:240]}); export one sub-network at a "
                               "time with --pattern instead") from e
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
@@ -171,6 +172,14 @@ def export_dynamic(net: AdaptiveNet, path: str | os.PathLike, *, format: str = "
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def _root_reason(error: BaseException) -> str:
+    """The first line of the innermost cause: torch.onnx wraps the real one in a generic message."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
 
 
 def _localise_initializers(model: Any) -> int:

@@ -44,7 +44,7 @@ _BIG = re.compile(r"(large|huge|giant|gigantic|enormous|_xl|xlarge|_l\d|_h\d|_g\
 
 
 def _one_line(text: str, limit: int = 300) -> str:
-    text = " ".join(str(text).split())
+    text = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(text)).split())  # no terminal colours (torch.export's)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -149,7 +149,7 @@ def check_backbone(name: str, kwargs: dict[str, Any], x: Any) -> dict[str, Any]:
     except Exception as e:  # the family has no feature extraction in timm
         return {"status": "none", "message": _one_line(f"{type(e).__name__}: {e}", 120)}
     try:
-        net = adnify.convert(copy.deepcopy(model)).eval()
+        net = adnify.convert(copy.deepcopy(model), input_size=tuple(x.shape[1:])).eval()
         with torch.no_grad():
             maps, base = net(x), net(x, skip="base")
     except adnify.AdnifyError as e:
@@ -324,7 +324,7 @@ def _check_text(row: dict[str, Any], key: str) -> str:
                 f"relative {found.get('relative', 0.0):.0e} (super, base)")
     if found["status"] == "mismatch":
         return f"MISMATCH: max\\|diff\\| {found['max_diff']:.1e}, relative {found['relative']:.1e}"
-    labels = {"none": "no features_only in timm", "n/a": "not applicable"} if key == "backbone" else {}
+    labels = {"none": "no features_only in timm", "n/a": "not applicable", "timeout": "timeout"} if key == "backbone" else {}
     label = labels.get(found["status"], "error" if key == "backbone" else found["status"])
     return f"{label}: {found['message']}".replace("|", "\\|")
 

@@ -139,3 +139,21 @@ def test_cli_refuses_pattern_with_dynamic_depth_and_an_existing_file(exported, t
                                  "-o", str(files["onnx"])])
     assert isinstance(exists.exception, adnify.AdnifyError) and "--force" in str(exists.exception)
     assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_a_model_the_exporter_cannot_express_gets_one_line_naming_the_static_export(exported, tmp_path, monkeypatch):
+    net, _, _ = exported
+
+    def fails(*args, **kwargs):  # what torch.export raises on a graph break inside a branch
+        try:
+            raise RuntimeError("\x1b[96mgraph break\x1b[0m: side effect in forward\nmore detail")
+        except RuntimeError as inner:
+            raise ValueError("Failed to export the model with torch.export. This is step 1/3") from inner
+
+    monkeypatch.setattr(torch.export, "export", fails)
+    with pytest.raises(adnify.AdnifyError) as caught:
+        export_dynamic(net, tmp_path / "net.pt2", format="pt")
+    message = str(caught.value)
+    assert "--pattern" in message and "RuntimeError: graph break: side effect in forward" in message
+    assert "\n" not in message and "\x1b" not in message
+    assert not list(tmp_path.iterdir())  # nothing half-written

@@ -333,11 +333,23 @@ def _plan_stages(
         stages.append(StagePlan(name=name, mandatory=mandatory, skippable=tail, norms=norms,
                                 channel_dim=_channel_dim(out_shape, [modules[n] for n in norms] + [modules[b] for b in seg])))
         spans.append(seg)
+    _drop_nested_norms(stages)
     names = [s.name for s in stages]
     for stage, seg in zip(stages, spans):
         if names.count(stage.name) > 1:  # several stages in one container (Hiera, GhostNet)
             stage.name = _span_name(seg)
     return Plan(stages=stages, isotropic=isotropic)
+
+
+def _drop_nested_norms(stages: list[StagePlan]) -> None:
+    """A norm inside another stage's blocks follows that stage's flag, not this one's.
+
+    A stage's own downsample can hold whole stages (EfficientViT's ``downsample.res1``): their
+    norms were claimed twice, and skipping the inner stage left the outer one's twin dangling.
+    """
+    for stage in stages:
+        others = [b for other in stages if other is not stage for b in other.mandatory + other.skippable]
+        stage.norms = [n for n in stage.norms if not any(n == b or n.startswith(b + ".") for b in others)]
 
 
 def _outermost_stages(candidates: list[list[str]], blocks: set[str], modules: dict[str, nn.Module]) -> list[list[str]]:

@@ -111,6 +111,7 @@ CASES = [
     case("twins", "twins_pcpvt_small", img_size=64, slow=True),
     case("mambaout", "test_mambaout"),
     case("starnet", "starnet_s050"),
+    case("efficientvit_msra", "efficientvit_m0", img_size=64),  # stages inside another stage's downsample
 ]
 
 
@@ -254,6 +255,8 @@ def test_every_stage_has_skip_aware_norms_in_its_mandatory_part(converted: Conve
         for name in stage.norms:
             assert isinstance(modules[name], SkipAwareNorm) and is_norm(modules[name].skip_copy), name
             assert not any(name.startswith(b + ".") for b in stage.skippable), f"{name} is in a skippable block"
+            others = [b for o in net.plan.stages if o is not stage for b in o.mandatory + o.skippable]
+            assert not any(name.startswith(b + ".") for b in others), f"{name} is in another stage's block"
         if converted.case.no_norms:  # then the mandatory blocks really hold no norm layer
             assert not any(is_norm(m) for b in stage.mandatory for m in modules[b].modules()), stage.name
         else:
