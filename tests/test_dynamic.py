@@ -157,3 +157,17 @@ def test_a_model_the_exporter_cannot_express_gets_one_line_naming_the_static_exp
     assert "--pattern" in message and "RuntimeError: graph break: side effect in forward" in message
     assert "\n" not in message and "\x1b" not in message
     assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_the_serving_example_picks_the_deepest_pattern_that_fits_each_budget(exported):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    net, files, _ = exported
+    example = Path(__file__).resolve().parents[1] / "examples" / "serve_dynamic.py"
+    done = subprocess.run([sys.executable, str(example), str(files["onnx"]), "--budget-ms", "1e6",
+                           "--budget-ms", "0"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    chosen = [line.split("-> ")[1].split()[0] for line in done.stdout.splitlines() if line.startswith("budget")]
+    assert chosen == ["F" * net.num_stages, "T" * net.num_stages]  # all the time: super; none: base
