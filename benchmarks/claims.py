@@ -279,6 +279,9 @@ def main() -> None:
                 if f"super@{seed}" in results:
                     found = score(out / f"super-s{seed}", setting, data, "all")
                     record(key_, {**found, "train_s": results[f"super@{seed}"]["train_s"]})
+                else:
+                    print(f"skipping {key_}: it is scored from super@{seed}, which has not run (add super to "
+                          "--variants)", file=sys.stderr)
                 continue
             run = out / f"{name}-s{seed}"
             print(f"[{time.perf_counter() - began:.0f} s] training {key_} in {run}", flush=True)
