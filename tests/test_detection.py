@@ -18,7 +18,9 @@ runner = CliRunner()
 TINY = dict(channels=(8, 16, 32, 64), stem_width=8, zero_init_last=False)  # skippable blocks do something
 
 
-@pytest.mark.parametrize("name, kwargs", [("resnet18", TINY), ("convnext_atto", {}), ("efficientnet_b0", {})])
+@pytest.mark.parametrize("name, kwargs", [("resnet18", TINY), ("convnext_atto", {}), ("efficientnet_b0", {}),
+                                          ("deit_tiny_patch16_224", dict(img_size=64, depth=8)),  # FeatureGetterNet
+                                          ("test_vit", dict(img_size=64))])
 def test_a_backbone_super_net_returns_timms_maps_and_the_base_net_the_same_shapes(name, kwargs):
     torch.manual_seed(0)
     reference = timm.create_model(name, features_only=True, **kwargs).eval()
@@ -31,16 +33,21 @@ def test_a_backbone_super_net_returns_timms_maps_and_the_base_net_the_same_shape
     for e, s, b in zip(expected, sup, base):
         torch.testing.assert_close(s, e, rtol=0, atol=0)
         assert b.shape == e.shape
+    assert any(not torch.equal(s, b) for s, b in zip(sup, base))  # skipping does something
     assert net.feature_info.channels() == reference.feature_info.channels()
     assert net.feature_info.reduction() == reference.feature_info.reduction()
     assert net.feature_info.module_name() == reference.feature_info.module_name()
 
 
-def test_a_backbone_by_name_saves_and_loads_with_its_levels(tmp_path):
-    net = adnify.convert("resnet18", features_only=True, out_indices=(2, 3, 4), **TINY)
+@pytest.mark.parametrize("name, kwargs, channels", [
+    ("resnet18", dict(out_indices=(2, 3, 4), **TINY), [16, 32, 64]),
+    ("deit_tiny_patch16_224", dict(out_indices=(5, 7), img_size=64, depth=8), [192, 192]),
+])
+def test_a_backbone_by_name_saves_and_loads_with_its_levels(tmp_path, name, kwargs, channels):
+    net = adnify.convert(name, features_only=True, **kwargs)
     net.save(str(tmp_path / "b"))
     loaded = adnify.load(str(tmp_path / "b"))
-    assert loaded.features_only and loaded.feature_info.channels() == [16, 32, 64]
+    assert loaded.features_only and loaded.feature_info.channels() == channels
     x = torch.randn(1, 3, 64, 64)
     for p in ("super", "base"):
         for a, b in zip(net.eval()(x, skip=p), loaded(x, skip=p)):

@@ -56,10 +56,14 @@ class Analysis:
 
 
 def default_input_size(model: nn.Module) -> tuple[int, int, int]:
-    """The input size timm's pretrained config declares, else 3x224x224."""
+    """The input size a ViT-like model was built for (``img_size=``), else what timm's pretrained
+    config declares, else 3x224x224."""
     cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
-    size = cfg.get("input_size") or cfg.get("test_input_size") or (3, 224, 224)
-    return tuple(int(s) for s in size)  # type: ignore[return-value]
+    size = tuple(int(s) for s in (cfg.get("input_size") or cfg.get("test_input_size") or (3, 224, 224)))
+    built = getattr(getattr(model, "patch_embed", None), "img_size", None)  # the config keeps 224
+    if isinstance(built, (tuple, list)) and len(built) == 2 and all(isinstance(s, int) for s in built):
+        size = (size[0], *built)
+    return size  # type: ignore[return-value]
 
 
 def analyse(
@@ -83,6 +87,12 @@ def analyse(
     Raises:
         AdnifyError: the model cannot be traced or has nothing adaptive.
     """
+    inner = getattr(model, "model", None)
+    if type(model).__name__ == "FeatureGetterNet" and isinstance(inner, nn.Module):
+        # timm's backbone wrapper for ViT and kin loops over forward_intermediates' indices, which
+        # does not trace; the wrapped network's own forward does, through the same blocks.
+        plan = analyse(inner, split=split, groups=groups, stages=stages, input_size=input_size)
+        return _prefixed(plan, "model.")
     was_training = model.training
     model.eval()
     try:
@@ -102,6 +112,15 @@ def analyse(
         if bad:
             raise AdnifyError(f"--stages {bad} out of range: the model has {plan.num_stages} adaptive stages (0..{plan.num_stages - 1})")
         plan.stages = [s for i, s in enumerate(plan.stages) if i in set(stages)]
+    return plan
+
+
+def _prefixed(plan: Plan, prefix: str) -> Plan:
+    """The plan of a submodule, named from its parent."""
+    for stage in plan.stages:
+        stage.name = prefix + stage.name
+        stage.mandatory, stage.skippable, stage.norms = ([prefix + n for n in names] for names in
+                                                        (stage.mandatory, stage.skippable, stage.norms))
     return plan
 
 
