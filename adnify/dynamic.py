@@ -47,11 +47,11 @@ class StageSwitch(nn.Module):
 class DynamicDepth(nn.Module):
     """``forward(x, skip)``: the sub-network ``skip`` (one bool per adaptive stage, True = skip) of ``net``."""
 
-    def __init__(self, net: AdaptiveNet) -> None:
+    def __init__(self, net: AdaptiveNet, *, per_stage: bool = True) -> None:
         super().__init__()
         self.net = net
         self._flags: list = [None]
-        self.switched = switched_model(net, self._flags)
+        self.switched = switched_model(net, self._flags) if per_stage else None
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> Any:
         if self.switched is not None:
@@ -144,7 +144,6 @@ def export_dynamic(net: AdaptiveNet, path: str | os.PathLike, *, format: str = "
         raise AdnifyError("--dynamic-depth exports classifiers; a features_only backbone exports one --pattern at a time")
     size = net.input_size(input_size)
     net = net.eval()
-    module = DynamicDepth(net).eval()
     example = (torch.randn(2, *size), torch.zeros(net.num_stages, dtype=torch.bool))
     shapes = {"x": {0: torch.export.Dim("batch", min=1, max=4096)}, "skip": None}
     meta = depth_metadata(net, size)
@@ -152,20 +151,25 @@ def export_dynamic(net: AdaptiveNet, path: str | os.PathLike, *, format: str = "
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix or ".bin", dir=path.parent)
     os.close(fd)
     try:
-        try:
-            with torch.no_grad():
-                if format == "pt":
-                    program = torch.export.export(module, example, dynamic_shapes=shapes)
-                    torch.export.save(program, tmp, extra_files={f"{METADATA_KEY}.json": json.dumps(meta)})
-                else:
-                    _onnx(module, example, shapes, meta, tmp)
-        except AdnifyError:
-            raise
-        except Exception as e:
-            reason = _root_reason(e)
-            raise AdnifyError(f"{net.source.get('model') or type(net.model).__name__} cannot be exported with a "
-                              f"run-time depth ({reason[:240]}); export one sub-network at a "
-                              "time with --pattern instead") from e
+        module = DynamicDepth(net).eval()
+        while True:
+            try:
+                with torch.no_grad():
+                    if format == "pt":
+                        program = torch.export.export(module, example, dynamic_shapes=shapes)
+                        torch.export.save(program, tmp, extra_files={f"{METADATA_KEY}.json": json.dumps(meta)})
+                    else:
+                        _onnx(module, example, shapes, meta, tmp)
+                break
+            except AdnifyError:
+                raise
+            except Exception as e:
+                if module.switched is not None:  # a model that calls its blocks one by one (NaFlexViT)
+                    module = DynamicDepth(net, per_stage=False).eval()
+                    continue
+                raise AdnifyError(f"{net.source.get('model') or type(net.model).__name__} cannot be exported "
+                                  f"with a run-time depth ({_root_reason(e)[:240]}); export one sub-network at "
+                                  "a time with --pattern instead") from e
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     finally:

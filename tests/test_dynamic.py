@@ -171,3 +171,22 @@ def test_the_serving_example_picks_the_deepest_pattern_that_fits_each_budget(exp
     assert done.returncode == 0, done.stderr
     chosen = [line.split("-> ")[1].split()[0] for line in done.stdout.splitlines() if line.startswith("budget")]
     assert chosen == ["F" * net.num_stages, "T" * net.num_stages]  # all the time: super; none: base
+
+
+def test_a_stage_switch_the_exporter_rejects_falls_back_to_a_branch_per_block(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    net = adnify.convert("resnet18", input_size=(3, 32, 32), **TINY).eval()
+
+    def called_block_by_block(self, x):  # what a model that loops over its blocks with keywords gives
+        raise TypeError("StageSwitch.forward() got an unexpected keyword argument 'attn_mask'")
+
+    monkeypatch.setattr(adnify.dynamic.StageSwitch, "forward", called_block_by_block)
+    path = export_dynamic(net, tmp_path / "net.onnx")
+    graph = onnx.load(str(path)).graph
+    assert sum(n.op_type == "If" for n in graph.node) == sum(len(s.skippable) + len(s.norms) for s in net.plan.stages)
+    session, x = ort.InferenceSession(str(path)), torch.randn(1, 3, 32, 32)
+    for pattern in ("FFFF", "TFTF", "TTTT"):
+        with torch.no_grad():
+            expected = net(x, skip=pattern).numpy()
+        got = session.run(None, {"input": x.numpy(), "skip": flags(pattern)})[0]
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
