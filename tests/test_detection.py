@@ -101,6 +101,22 @@ def test_cli_converts_a_backbone_and_refuses_bad_levels_and_training(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+def test_report_measures_every_pattern_of_a_backbone_at_a_dense_task_size(tmp_path):
+    import json
+
+    adnify.convert("resnet18", features_only=True, out_indices=(2, 3, 4), **TINY).save(str(tmp_path / "b"))
+    result = runner.invoke(app, ["report", str(tmp_path / "b"), "--patterns", "all", "--input-size", "3,96,160",
+                                 "--metrics", "params,macs,latency", "--repeats", "1", "--warmup", "0",
+                                 "-o", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["context"]["input_size"] == [3, 96, 160]
+    rows = {row["pattern"]: row for row in report["rows"]}
+    assert len(rows) == 16
+    assert rows["TTTT"]["gmacs"] < rows["FFFF"]["gmacs"] and rows["TTTT"]["params"] < rows["FFFF"]["params"]
+    assert all(row["latency_ms"] > 0 for row in rows.values())
+
+
 def test_a_classifier_is_no_fpn_backbone():
     with pytest.raises(adnify.AdnifyError, match="features_only"):
         fpn_backbone(adnify.convert("resnet18", **TINY))
