@@ -318,15 +318,17 @@ def _check_text(row: dict[str, Any], key: str) -> str:
     found = row.get(key)
     if not found:
         return "-"
-    if found["status"] == "converted":
-        return (f"{found['levels']} maps, {found['stages']} stages, max\\|diff\\| {found['max_diff']:.1e}"
-                if key == "backbone" else f"exact: max\\|diff\\| {found['max_diff']:.0e}, "
-                f"relative {found.get('relative', 0.0):.0e} (super, base)")
-    if found["status"] == "mismatch":
+    status = found["status"]
+    if status == "converted" and key == "backbone":
+        return f"{found['levels']} maps, {found['stages']} stages, max\\|diff\\| {found['max_diff']:.1e}"
+    if status == "converted":
+        return (f"exact: max\\|diff\\| {found['max_diff']:.0e}, relative {found.get('relative', 0.0):.0e} "
+                "(super, base)")
+    if status == "mismatch":
         return f"MISMATCH: max\\|diff\\| {found['max_diff']:.1e}, relative {found['relative']:.1e}"
-    labels = {"none": "no features_only in timm", "n/a": "not applicable", "timeout": "timeout"} if key == "backbone" else {}
-    label = labels.get(found["status"], "error" if key == "backbone" else found["status"])
-    return f"{label}: {found['message']}".replace("|", "\\|")
+    if key == "backbone":
+        status = {"none": "no features_only in timm", "n/a": "not applicable", "timeout": "timeout"}.get(status, "error")
+    return f"{status}: {found['message']}".replace("|", "\\|")
 
 
 def summary(rows: list[dict[str, Any]]) -> dict[str, int]:
