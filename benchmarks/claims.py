@@ -6,6 +6,8 @@ Every variant is a real ``adnify.train.train`` run with the same model, recipe, 
 - ``super``: the plain network trained on its own (``--baseline``);
 - ``base``: the static base-net trained on its own (``--baseline --pattern T...T``);
 - ``naive``: the trained plain network with its skippable halves dropped (``super``'s run, no training);
+- ``start``: the converted network before any training, every pattern (``adn``'s start; for ``lite0-tiny``
+  the pretrained network and naive dropping from it);
 - ``shared_norms``, ``no_distill``, ``logit_only``: the paper's Table 4 ablations.
 
 Each trained variant is scored on the test split for every pattern it has; ``OUT/claims.json``,
@@ -36,7 +38,7 @@ from adnify.io.files import atomic_write_text
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parent.parent / "shared" / "data"
 
-VARIANTS = ("adn", "super", "base", "naive", "shared_norms", "no_distill", "logit_only")
+VARIANTS = ("adn", "super", "base", "naive", "start", "shared_norms", "no_distill", "logit_only")
 ABLATIONS = {"shared_norms": {"shared_norms": True}, "no_distill": {"distill": False},
              "logit_only": {"feature_kd": False}}
 
@@ -63,7 +65,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
         overrides=dict(epochs=1, batch_size=64, lr_base=0.01, lr_base_size=256, sched="cosine", warmup_epochs=0,
                        opt="sgd", weight_decay=1e-5, input_size=(3, 128, 128), mixup=0.0, cutmix=0.0,
                        amp=False, workers=2, log_interval=50, model_ema=False),
-        train_images=10000, test_images=1000, seeds=(0,)),  # 1,000: 32 patterns x 4 variants are scored
+        train_images=10000, test_images=1000, seeds=(0,), pretrained=True),  # 1,000: 32 patterns x 5 variants
 }
 
 
@@ -163,7 +165,8 @@ def write_outputs(out: Path, study: dict[str, Any], results: dict[str, Any]) -> 
         gm = " / ".join(f"{s['macs'][p] / 1e9:.4f}" if p else "—" for p in (sup, base))
         lines.append(f"| {name} | {cell(sup)} | {cell(base)} | {gm} | {s['train_s'] / 60:.1f} min |")
     lines += ["", f"Seeds: {', '.join(map(str, study['seeds']))}; mean ± half the range over seeds. "
-              "naive = the `super` run with its skippable halves dropped (not trained)."]
+              "naive = the `super` run with its skippable halves dropped (not trained)"
+              + ("; start = the converted network before training." if "start" in summary else ".")]
     if "adn" in summary:
         lines += ["", "ADN sub-networks (top-1 %):", "", "| pattern | GMACs | top-1 |", "| --- | ---: | ---: |"]
         adn = summary["adn"]
@@ -187,7 +190,7 @@ def plot(path: Path, summary: dict[str, Any], study: dict[str, Any]) -> None:
         order = sorted(adn["top1"], key=lambda p: adn["macs"][p])
         ax.plot([adn["macs"][p] / 1e9 for p in order], [adn["top1"][p] for p in order], "o-", ms=3,
                 label="ADN, all sub-networks")
-    markers = {"super": "s", "base": "D", "naive": "x", "shared_norms": "^", "no_distill": "v", "logit_only": "P"}
+    markers = {"super": "s", "base": "D", "naive": "x", "start": "*", "shared_norms": "^", "no_distill": "v", "logit_only": "P"}
     for name, marker in markers.items():
         if name not in summary:
             continue
@@ -212,7 +215,8 @@ def main() -> None:
     parser.add_argument("-o", "--output", type=Path, required=True, help="study folder (resumable)")
     parser.add_argument("--setting", choices=("cifar10", "lite0-tiny"), default="cifar10")
     parser.add_argument("--quick", action="store_true", help="cifar10: 10,000 training images, 6 epochs, 1 seed")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset")
+    parser.add_argument("--variants", default=None,
+                        help="comma-separated subset (default: all; start only for a pretrained setting)")
     parser.add_argument("--seeds", default=None, help="comma-separated seeds (default: the setting's)")
     parser.add_argument("--data-root", type=Path, default=SHARED, help="folder holding cifar10/ and tiny-imagenet/")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -231,7 +235,8 @@ def main() -> None:
             fail(str(e))
         setting = {**setting, "overrides": {**setting["overrides"], **extra}}
     seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else setting["seeds"]
-    variants = [v.strip() for v in args.variants.split(",")]
+    variants = ([v.strip() for v in args.variants.split(",")] if args.variants else
+                [v for v in VARIANTS if v != "start" or setting.get("pretrained")])
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         fail(f"unknown variant(s) {', '.join(unknown)}: choose from {', '.join(VARIANTS)}")
@@ -282,6 +287,13 @@ def main() -> None:
                 else:
                     print(f"skipping {key_}: it is scored from super@{seed}, which has not run (add super to "
                           "--variants)", file=sys.stderr)
+                continue
+            if name == "start":  # what the training started from: adn's converted (pretrained) network
+                if (out / f"adn-s{seed}" / "start").is_dir():
+                    record(key_, {**score(out / f"adn-s{seed}" / "start", setting, data, "all"), "train_s": 0.0})
+                else:
+                    print(f"skipping {key_}: it is scored from adn@{seed}'s start, which has not run",
+                          file=sys.stderr)
                 continue
             run = out / f"{name}-s{seed}"
             print(f"[{time.perf_counter() - began:.0f} s] training {key_} in {run}", flush=True)
