@@ -50,7 +50,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
         overrides=dict(epochs=8, batch_size=128, lr_base=0.2, lr_base_size=256, sched="cosine",
                        warmup_epochs=1, weight_decay=5e-4, input_size=(3, 32, 32), scale=(0.5, 1.0),
                        amp=False, workers=2, log_interval=50),
-        train_images=None, test_images=None, seeds=(0, 1)),  # all 50,000 / 10,000 images: about 3.5 h alone
+        train_images=None, test_images=None, seeds=(0, 1)),  # all 50,000 / 10,000 images: about 2.5 h alone
     "cifar10-quick": dict(
         data="cifar10", label_column="label", model=CIFAR_MODEL, recipe="resnet",
         overrides=dict(epochs=6, batch_size=128, lr_base=0.2, lr_base_size=256, sched="cosine",
