@@ -190,6 +190,11 @@ def plot(path: Path, summary: dict[str, Any], study: dict[str, Any]) -> None:
         order = sorted(adn["top1"], key=lambda p: adn["macs"][p])
         ax.plot([adn["macs"][p] / 1e9 for p in order], [adn["top1"][p] for p in order], "o-", ms=3,
                 label="ADN, all sub-networks")
+    if len(summary.get("naive", {}).get("top1", {})) > 2:  # naive dropping has every pattern too: the fair foil
+        naive = summary["naive"]
+        order = list(naive["top1"])
+        ax.plot([naive["macs"][p] / 1e9 for p in order], [naive["top1"][p] for p in order], ".", color="tab:red",
+                alpha=0.5, ms=4, label="naive, every pattern")
     markers = {"super": "s", "base": "D", "naive": "x", "start": "*", "shared_norms": "^", "no_distill": "v", "logit_only": "P"}
     for name, marker in markers.items():
         if name not in summary:
