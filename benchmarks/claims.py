@@ -192,8 +192,7 @@ def plot(path: Path, summary: dict[str, Any], study: dict[str, Any]) -> None:
                 label="ADN, all sub-networks")
     if len(summary.get("naive", {}).get("top1", {})) > 2:  # naive dropping has every pattern too: the fair foil
         naive = summary["naive"]
-        order = list(naive["top1"])
-        ax.plot([naive["macs"][p] / 1e9 for p in order], [naive["top1"][p] for p in order], ".", color="tab:red",
+        ax.plot([naive["macs"][p] / 1e9 for p in naive["top1"]], list(naive["top1"].values()), ".", color="tab:red",
                 alpha=0.5, ms=4, label="naive, every pattern")
     markers = {"super": "s", "base": "D", "naive": "x", "start": "*", "shared_norms": "^", "no_distill": "v", "logit_only": "P"}
     for name, marker in markers.items():
@@ -213,6 +212,13 @@ def plot(path: Path, summary: dict[str, Any], study: dict[str, Any]) -> None:
     fig.savefig(tmp, dpi=110)
     tmp.replace(path)
     plt.close(fig)
+
+
+def study_record(key: str, setting: dict[str, Any], seeds: tuple[int, ...]) -> dict[str, Any]:
+    """What ``OUT/study.json`` holds: a folder may only resume the study it records (JSON-ready)."""
+    return {"setting": key, "model": setting["model"]["name"], "seeds": list(seeds),
+            "images": [setting["train_images"], setting["test_images"]],
+            "overrides": {k: list(v) if isinstance(v, tuple) else v for k, v in setting["overrides"].items()}}
 
 
 def main() -> None:
@@ -249,9 +255,7 @@ def main() -> None:
         fail(f"dataset folder {args.data_root / setting['data']} not found: pass --data-root DIR "
              f"(the folder holding {setting['data']}/)")
     out = args.output
-    study = {"setting": key, "model": setting["model"]["name"], "seeds": list(seeds),
-             "images": [setting["train_images"], setting["test_images"]],
-             "overrides": {k: list(v) if isinstance(v, tuple) else v for k, v in setting["overrides"].items()}}
+    study = study_record(key, setting, seeds)
     marker = out / "study.json"
     if marker.exists():
         old = json.loads(marker.read_text())

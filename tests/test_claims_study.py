@@ -24,10 +24,7 @@ def run(claims, monkeypatch, *args: str) -> None:
 
 
 def study_of(claims, setting: str = "cifar10") -> dict:
-    s = claims.SETTINGS[setting]
-    return {"setting": setting, "model": s["model"]["name"], "seeds": list(s["seeds"]),
-            "images": [s["train_images"], s["test_images"]],
-            "overrides": {k: list(v) if isinstance(v, tuple) else v for k, v in s["overrides"].items()}}
+    return claims.study_record(setting, claims.SETTINGS[setting], claims.SETTINGS[setting]["seeds"])
 
 
 def finished(top1: float) -> dict:
@@ -53,7 +50,6 @@ def test_an_unknown_variant_is_refused_with_the_choices(claims, monkeypatch, tmp
 
 def test_a_folder_holding_another_study_is_refused_unless_forced(claims, monkeypatch, tmp_path, capsys):
     (tmp_path / "data" / "cifar10").mkdir(parents=True)
-    (tmp_path / "data" / "tiny-imagenet").mkdir()
     out = tmp_path / "out"
     out.mkdir()
     (out / "study.json").write_text(json.dumps(study_of(claims, "lite0-tiny")))
