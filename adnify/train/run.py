@@ -1,16 +1,4 @@
-"""``adnify train``: skip-aware self-distillation (Algorithm 1 of docs/method.md) with accelerate.
-
->>> from adnify.train import train
->>> result = train("resnet50", data="./imagenet", output="runs/r50", recipe="resnet")
->>> result = train("runs/r50", resume=True)              # continue where it stopped
->>> net = adnify.load("runs/r50")                          # the trained adaptive model
-
-Modules: :mod:`.steps` (the joint and sequential steps), :mod:`.loop` (epochs, evaluation,
-checkpoints), :mod:`.session` (accelerator, data, models, optimizer), :mod:`.inputs`
-(transforms and the reproducible loader), :mod:`.optim` (timm's builders), :mod:`.modeling`
-(net, baseline, teacher), :mod:`.rundir` (files), :mod:`.state`, :mod:`.progress`,
-:mod:`.demo`; evaluation uses :func:`adnify.report.evaluate.evaluate_patterns`.
-"""
+"""The ``train()`` entry point: open or resume a run directory, prepare the session, run the loop."""
 
 from __future__ import annotations
 
@@ -24,7 +12,7 @@ from ..errors import AdnifyError
 from .loop import StepInfo, TrainResult, run_loop
 from .rundir import RunDir
 
-__all__ = ["StepInfo", "TrainResult", "train"]
+__all__ = ["train"]
 
 
 def _run_info(source: Any, data: str | None, recipe: str | None, **options: Any) -> dict[str, Any]:
