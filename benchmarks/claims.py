@@ -118,7 +118,7 @@ def score(run: Path, setting: dict[str, Any], data: str, patterns: str) -> dict[
     from adnify.io.data import load_image_data, make_loader
     from adnify.report.costs import pattern_costs
     from adnify.report.evaluate import evaluate_patterns
-    from adnify.train.inputs import build_transforms
+    from adnify.train.loaders import build_transforms
     from adnify.train.recipes import load_recipe
 
     net = adnify.load(str(run))

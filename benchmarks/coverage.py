@@ -173,7 +173,7 @@ def check_dynamic(net: Any, x: Any) -> dict[str, Any]:
     import torch
 
     import adnify
-    from adnify.dynamic import export_dynamic
+    from adnify.export import export_dynamic
 
     try:
         import onnxruntime as ort

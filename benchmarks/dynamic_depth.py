@@ -55,7 +55,7 @@ def measure(net: Any, patterns: list[str], folder: Path, size: tuple[int, ...],
     """Export ``patterns`` and the dynamic file into ``folder``; time both side by side."""
     import onnxruntime as ort
 
-    from adnify.dynamic import export_dynamic
+    from adnify.export import export_dynamic
     from adnify.export import export_file
 
     began = time.perf_counter()

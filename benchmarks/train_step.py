@@ -70,7 +70,7 @@ def build(model: str, input_size: tuple[int, ...], batch: int, device: torch.dev
 
 def make_finetune_step(variant: str, net: Any, accelerator: Any):
     """A finetune step: skip-norm copies only, statistics frozen; IM (``finetune``) or pre-logit MSE + logit KL."""
-    from adnify.train.modeling import frozen_teacher, train_only_skip_norms
+    from adnify.train.networks import frozen_teacher, train_only_skip_norms
     from adnify.train.steps import AdnPair, LossConfig, adn_step, freeze_bn_stats
 
     net = copy.deepcopy(net)

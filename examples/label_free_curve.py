@@ -26,7 +26,7 @@ from adnify.io.data import load_image_data, make_loader
 from adnify.io.files import atomic_write_text
 from adnify.report.evaluate import evaluate_patterns
 from adnify.train.calibrate import calibrate_skip_norms
-from adnify.train.inputs import build_transforms, calibration_loader
+from adnify.train.loaders import build_transforms, calibration_loader
 from adnify.train.recipes import load_recipe
 
 

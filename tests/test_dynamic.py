@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 import adnify
 from adnify.cli import app
-from adnify.dynamic import export_dynamic, read_metadata
+from adnify.export import export_dynamic, read_metadata
 from adnify.report.costs import pattern_costs
 
 runner = CliRunner()
@@ -28,7 +28,7 @@ def exported(request, tmp_path_factory):
     folder = tmp_path_factory.mktemp("fallback" if fallback else "per-stage")
     with pytest.MonkeyPatch.context() as patch:
         if fallback:  # what a stage whose blocks are not one nn.Sequential's gets
-            patch.setattr(adnify.dynamic, "switched_model", lambda net, flags: None)
+            patch.setattr(adnify.export.dynamic, "switched_model", lambda net, flags: None)
         files = {fmt: export_dynamic(net, folder / f"net.{ext}", format=fmt)
                  for fmt, ext in (("onnx", "onnx"), ("pt", "pt2"))}
     return net, files, folder
@@ -180,7 +180,7 @@ def test_a_stage_switch_the_exporter_rejects_falls_back_to_a_branch_per_block(tm
     def called_block_by_block(self, x):  # what a model that loops over its blocks with keywords gives
         raise TypeError("StageSwitch.forward() got an unexpected keyword argument 'attn_mask'")
 
-    monkeypatch.setattr(adnify.dynamic.StageSwitch, "forward", called_block_by_block)
+    monkeypatch.setattr(adnify.export.dynamic.StageSwitch, "forward", called_block_by_block)
     path = export_dynamic(net, tmp_path / "net.onnx")
     graph = onnx.load(str(path)).graph
     assert sum(n.op_type == "If" for n in graph.node) == sum(len(s.skippable) + len(s.norms) for s in net.plan.stages)

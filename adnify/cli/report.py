@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import AdnifyError
-from .convert import (
+from .options import (
     Checkpoint,
     Force,
     Groups,
@@ -129,6 +129,7 @@ def report(
     from ..io.sources import is_model_dir, open_source
     from ..report import output as ro
     from ..report.build import build_report, parse_metrics, resolve_device
+    from ..report.selection import select_within_budget
     from .display import console
 
     wanted = parse_metrics(metrics) if metrics is not None else ["params", "macs"] + (["acc"] if data else [])
@@ -177,7 +178,7 @@ def report(
         _show(console, rows, context, fmt if output is None else None)
     chosen = None
     if budget_ms is not None or budget_gmacs is not None:
-        chosen = ro.select_within_budget(rows, budget_ms=budget_ms, budget_gmacs=budget_gmacs)
+        chosen = select_within_budget(rows, budget_ms=budget_ms, budget_gmacs=budget_gmacs)
     if output is not None:
         ro.write_report(rows, output, fmt, context=context, force=force)
     if plot is not None:

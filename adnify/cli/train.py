@@ -9,7 +9,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .convert import (
+from .options import (
     Checkpoint,
     Groups,
     Labels,

@@ -3,7 +3,7 @@
 :func:`build_report` returns rows (one per sub-network, see :mod:`adnify.report.output` for
 their keys and the JSON schema) and the measurement context, ready for
 :func:`~adnify.report.output.render_table`, :func:`~adnify.report.output.write_report`,
-:func:`~adnify.report.output.plot_report` and :func:`~adnify.report.output.select_within_budget`.
+:func:`~adnify.report.output.plot_report` and :func:`~adnify.report.selection.select_within_budget`.
 
 - **params, macs**: :func:`adnify.report.costs.pattern_costs`, one counted pass of the super-net
   (``torch.utils.flop_counter``) with per-block MACs subtracted for skipped blocks; always
@@ -35,7 +35,7 @@ from ..io.data import ImageData, load_image_data
 from .costs import MACS_METHOD, pattern_costs
 from .evaluate import eval_loader, evaluate_patterns, make_accelerator, progress_bar
 from .latency import measure_interleaved, timing_context
-from .output import Row
+from .selection import Row
 
 if TYPE_CHECKING:
     from accelerate import Accelerator

@@ -1,4 +1,4 @@
-"""Report rows -> tables, files, plots; and picking a sub-network within a budget.
+"""Report rows -> tables, files and plots (:mod:`.selection` picks among them).
 
 Pure functions over plain data. A *row* describes one sub-network::
 
@@ -24,8 +24,7 @@ ever added within a version; a removal or change of meaning bumps ``schema_versi
                  "latency_ms": [...]}       # empty when latency was not measured
     }
 
-A Pareto front holds the rows for which no other row is at least as cheap and at least as
-good and strictly better in one of the two; rows with identical cost and score are all on it.
+The Pareto fronts are those of :func:`adnify.report.selection.pareto_front`.
 """
 
 from __future__ import annotations
@@ -33,15 +32,15 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
 
 from ..errors import AdnifyError
 from ..io.files import atomic_write_bytes, atomic_write_text, check_writable
+from .selection import Row, default_score, has_metric, pareto_front, score_value, short_number
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -50,9 +49,6 @@ REPORT_SCHEMA_VERSION = 1
 ROW_KEYS = ("pattern", "skipped_blocks", "params", "gmacs", "latency_ms", "latency_iqr_ms", "acc1", "acc5", "agreement")
 FORMATS = ("json", "csv", "md")
 _SCORE_LABELS = {"acc1": "Top-1 %", "agreement": "Agreement %", "depth": "Skipped blocks (fewer = deeper)"}
-
-Row = dict[str, Any]
-
 
 def adnify_version() -> str:
     """The installed adnify version, or ``"unknown"``."""
@@ -64,42 +60,8 @@ def adnify_version() -> str:
         return "unknown"
 
 
-def _has(rows: Iterable[Row], key: str) -> bool:
-    return any(r.get(key) is not None for r in rows)
-
-
-def default_score(rows: list[Row]) -> str:
-    """The quality measure used for Pareto fronts and plots: acc1, else agreement, else depth."""
-    return next((k for k in ("acc1", "agreement") if _has(rows, k)), "depth")
-
-
-def _score_value(row: Row, score: str | None) -> float | None:
-    if score in (None, "depth"):
-        return -float(row["skipped_blocks"])
-    return row.get(score)
-
-
-def pareto_front(rows: list[Row], *, cost: str = "gmacs", score: str | None = None) -> set[str]:
-    """Patterns of the rows with lower ``cost`` and higher ``score`` than any alternative.
-
-    ``score=None`` (or ``"depth"``) ranks deeper sub-networks (fewer skipped blocks) higher.
-    Rows missing the cost or the score take no part. The result does not depend on row order.
-    """
-    pts = [(r["pattern"], r.get(cost), _score_value(r, score)) for r in rows]
-    pts = [(p, c, s) for p, c, s in pts if c is not None and s is not None]
-    return {
-        p
-        for p, c, s in pts
-        if not any(c2 <= c and s2 >= s and (c2 < c or s2 > s) for _, c2, s2 in pts)
-    }
-
-
 def _sorted(rows: list[Row]) -> list[Row]:
     return sorted(rows, key=lambda r: (-r["gmacs"], r["pattern"]))
-
-
-def _num(x: float) -> str:
-    return f"{x:.0f}" if abs(x) >= 100 else f"{x:.1f}" if abs(x) >= 10 else f"{x:.2f}"
 
 
 def _columns(rows: list[Row]) -> list[tuple[str, Any]]:
@@ -110,15 +72,15 @@ def _columns(rows: list[Row]) -> list[tuple[str, Any]]:
         ("Params (M)", lambda r: f"{r['params'] / 1e6:.2f}"),
         ("GMACs", lambda r: f"{r['gmacs']:.3f}"),
     ]
-    if _has(rows, "latency_ms"):
+    if has_metric(rows, "latency_ms"):
         def lat(r: Row) -> str:
             if r.get("latency_ms") is None:
                 return "-"
             iqr = r.get("latency_iqr_ms")
-            return _num(r["latency_ms"]) + ("" if iqr is None else f" ± {_num(iqr)}")
+            return short_number(r["latency_ms"]) + ("" if iqr is None else f" ± {short_number(iqr)}")
         cols.append(("Latency ms (median ± IQR)", lat))
     for key, header in (("acc1", "Top-1 %"), ("acc5", "Top-5 %"), ("agreement", "Agreement %")):
-        if _has(rows, key):
+        if has_metric(rows, key):
             cols.append((header, lambda r, k=key: "-" if r.get(k) is None else f"{r[k]:.2f}"))
     return cols
 
@@ -254,7 +216,7 @@ def report_figure(rows: list[Row], *, context: dict | None = None) -> Figure:
         raise AdnifyError('plotting needs matplotlib: pip install "adnify[plot]"') from e
     score = default_score(rows)
     costs = [("gmacs", "GMACs (multiply-accumulates)")]
-    if _has(rows, "latency_ms"):
+    if has_metric(rows, "latency_ms"):
         costs.append(("latency_ms", "Latency ms (median, bars = IQR)"))
     crowded = len(rows) > 16
     fig = Figure(figsize=((8.5 if crowded else 6.5) * len(costs), 6.5 if crowded else 5), dpi=150, layout="constrained")
@@ -270,7 +232,7 @@ def report_figure(rows: list[Row], *, context: dict | None = None) -> Figure:
         front = pareto_front(rows, cost=cost, score=score)
         groups: dict[tuple[float, float], list[str]] = {}
         for r in sorted(rows, key=lambda r: r["pattern"]):
-            if r.get(cost) is not None and _score_value(r, score) is not None:
+            if r.get(cost) is not None and score_value(r, score) is not None:
                 y = r["skipped_blocks"] if score == "depth" else r[score]
                 groups.setdefault((r[cost], y), []).append(r["pattern"])
                 opt = r["pattern"] in front
@@ -310,38 +272,3 @@ def plot_report(rows: list[Row], path: str | os.PathLike, *, context: dict | Non
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return atomic_write_bytes(path, buf.getvalue(), force=force)
-
-
-def select_within_budget(rows: list[Row], *, budget_ms: float | None = None, budget_gmacs: float | None = None) -> Row:
-    """The best row within every given budget.
-
-    Best = highest acc1 (else agreement) when measured, otherwise fewest skipped blocks;
-    ties go to the lower GMACs, then the lower latency. Raises :class:`AdnifyError` naming
-    the smallest achievable cost when nothing fits.
-    """
-    if not rows:
-        raise AdnifyError("no sub-networks to choose from")
-    if budget_ms is not None and not _has(rows, "latency_ms"):
-        raise AdnifyError("a latency budget needs measured latencies, and this report has none")
-    fits = [r for r in rows
-            if (budget_ms is None or (r.get("latency_ms") is not None and r["latency_ms"] <= budget_ms))
-            and (budget_gmacs is None or r["gmacs"] <= budget_gmacs)]
-    if not fits:
-        fastest = min((r for r in rows if r.get("latency_ms") is not None), key=lambda r: r["latency_ms"], default=None)
-        cheapest = min(rows, key=lambda r: r["gmacs"])
-        parts = []
-        if budget_ms is not None:
-            parts.append(f"the fastest, {fastest['pattern']}, takes {_num(fastest['latency_ms'])} ms")
-        if budget_gmacs is not None:
-            parts.append(f"the cheapest, {cheapest['pattern']}, needs {cheapest['gmacs']:.3g} GMACs")
-        limits = [f"runs within {budget_ms:g} ms" if budget_ms is not None else "",
-                  f"fits within {budget_gmacs:g} GMACs" if budget_gmacs is not None else ""]
-        raise AdnifyError(f"no sub-network {' and '.join(filter(None, limits))}: {'; '.join(parts)}")
-    score = default_score(rows)
-
-    def key(r: Row) -> tuple:
-        s = _score_value(r, score)
-        lat = r.get("latency_ms")
-        return (-(s if s is not None else -math.inf), r["gmacs"], lat if lat is not None else math.inf, r["pattern"])
-
-    return min(fits, key=key)

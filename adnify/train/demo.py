@@ -58,7 +58,7 @@ def run_demo(output: str | os.PathLike, *, epochs: int = 1, image_size: int = 48
     from ..io.data import load_image_data
     from ..report.build import build_report
     from ..report.output import render_table
-    from . import train
+    from .run import train
     from .progress import console
 
     started = time.perf_counter()

@@ -9,10 +9,10 @@ from typing import Any, Callable
 import torch
 
 from ..errors import AdnifyError
-from .modeling import baseline_into_net
+from .loop_state import StopRequest
+from .networks import baseline_into_net
 from .progress import Meter, TrainProgress, stats_line
 from .session import Session
-from .state import StopRequest
 from .steps import adn_step, freeze_bn_stats, plain_step
 
 __all__ = ["StepInfo", "TrainResult", "run_loop"]

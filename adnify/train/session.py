@@ -16,12 +16,12 @@ from ..conversion.plan import format_pattern, parse_pattern
 from ..errors import AdnifyError
 from ..io.data import ImageData, check_labels
 from ..io.loading import load
-from .inputs import build_mixup, build_transforms, calibration_loader, eval_loader, train_loader
-from .modeling import frozen_teacher, head_size, open_model, train_only_skip_norms
+from .loaders import build_mixup, build_transforms, calibration_loader, eval_loader, train_loader
+from .loop_state import TrainState
+from .networks import frozen_teacher, head_size, open_model, train_only_skip_norms
 from .optim import build_criterion, build_ema, build_optimizer, build_scheduler
 from .recipes import dump_resolved, load_recipe, resolve_lr
 from .rundir import RunDir, run_image_data
-from .state import TrainState
 from .steps import AdnPair, LossConfig
 
 __all__ = ["Session", "make_accelerator", "prepare_session"]

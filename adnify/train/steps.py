@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from ..adaptive import AdaptiveNet
 from ..errors import AdnifyError
 from .losses import LossParts, adn_loss, base_loss, channel_kl, super_loss
-from .prefix import SharedPrefix
+from .shared_prefix import SharedPrefix
 
 __all__ = ["AdnPair", "LossConfig", "adn_step", "drop_path_off", "freeze_bn_stats", "plain_step"]
 
@@ -72,7 +72,7 @@ class AdnPair(nn.Module):
     ends with the classifier's input (timm's ``get_classifier()``), after the stage outputs: it has
     to come out of the forward call itself to be DDP-safe. With ``share_prefix=True`` a base-net
     pass right after a super-net pass on the same images reuses the layers before the first
-    adaptive stage (:mod:`adnify.train.prefix`): the same gradients, one stem computation less.
+    adaptive stage (:mod:`adnify.train.shared_prefix`): the same gradients, one stem computation less.
     """
 
     def __init__(self, net: AdaptiveNet, *, pre_logits: bool = False, share_prefix: bool = True) -> None:

@@ -1,4 +1,4 @@
-"""Specification of adnify.report.output: fronts, tables, files, plots, budgets."""
+"""Specification of adnify.report.output (tables, files, plots) and adnify.report.selection (fronts, budgets)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import sys
 import pytest
 from rich.console import Console
 
-from adnify import report_output as ro
+from adnify.report import output as ro
+from adnify.report import selection
 from adnify.errors import AdnifyError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -39,27 +40,27 @@ def text_of(table) -> str:
 
 class TestParetoFront:
     def test_cost_against_accuracy(self, rows):
-        assert ro.pareto_front(rows, cost="gmacs", score="acc1") == {"TT", "TF", "FF"}
-        assert ro.pareto_front(rows, cost="latency_ms", score="acc1") == {"TT", "FF"}
+        assert selection.pareto_front(rows, cost="gmacs", score="acc1") == {"TT", "TF", "FF"}
+        assert selection.pareto_front(rows, cost="latency_ms", score="acc1") == {"TT", "FF"}
 
     def test_without_score_deeper_is_better(self, rows):
         # TF and FT skip as many blocks; FT is cheaper.
-        assert ro.pareto_front(rows) == {"TT", "FT", "FF"}
+        assert selection.pareto_front(rows) == {"TT", "FT", "FF"}
 
     def test_ties_do_not_depend_on_row_order(self, rows):
         rows.append(row("XX", 2, 2.6, 28.0, 76.0))  # identical to TT
         fronts = set()
         for seed in range(5):
             random.Random(seed).shuffle(rows)
-            fronts.add(frozenset(ro.pareto_front(rows, score="acc1")))
+            fronts.add(frozenset(selection.pareto_front(rows, score="acc1")))
         assert fronts == {frozenset({"TT", "XX", "TF", "FF"})}
 
     def test_rows_without_the_metric_take_no_part(self, rows):
         rows[3]["acc1"] = None
-        assert ro.pareto_front(rows, score="acc1") == {"TT", "TF"}
+        assert selection.pareto_front(rows, score="acc1") == {"TT", "TF"}
         for r in rows:
             r["latency_ms"] = None
-        assert ro.pareto_front(rows, cost="latency_ms") == set()
+        assert selection.pareto_front(rows, cost="latency_ms") == set()
 
 
 class TestTable:
@@ -160,26 +161,26 @@ class TestPlot:
 
 class TestBudget:
     def test_best_accuracy_within_budget(self, rows):
-        assert ro.select_within_budget(rows)["pattern"] == "FF"
-        assert ro.select_within_budget(rows, budget_ms=35)["pattern"] == "TT"
-        assert ro.select_within_budget(rows, budget_gmacs=3.6)["pattern"] == "TF"
-        assert ro.select_within_budget(rows, budget_ms=40, budget_gmacs=3.6)["pattern"] == "TT"
+        assert selection.select_within_budget(rows)["pattern"] == "FF"
+        assert selection.select_within_budget(rows, budget_ms=35)["pattern"] == "TT"
+        assert selection.select_within_budget(rows, budget_gmacs=3.6)["pattern"] == "TF"
+        assert selection.select_within_budget(rows, budget_ms=40, budget_gmacs=3.6)["pattern"] == "TT"
 
     def test_without_accuracy_deepest_then_cheapest(self, rows):
         for r in rows:
             r["acc1"] = None
-        assert ro.select_within_budget(rows, budget_gmacs=3.6)["pattern"] == "FT"
+        assert selection.select_within_budget(rows, budget_gmacs=3.6)["pattern"] == "FT"
 
     def test_nothing_fits(self, rows):
         with pytest.raises(AdnifyError, match=r"no sub-network runs within 5 ms: the fastest, TT, takes 28\.0 ms"):
-            ro.select_within_budget(rows, budget_ms=5)
+            selection.select_within_budget(rows, budget_ms=5)
         with pytest.raises(AdnifyError, match=r"within 1 GMACs: the cheapest, TT, needs 2\.6 GMACs"):
-            ro.select_within_budget(rows, budget_gmacs=1.0)
+            selection.select_within_budget(rows, budget_gmacs=1.0)
         rows[0]["latency_ms"] = 50.0  # TT is now the cheapest but not the fastest
         msg = r"runs within 35 ms and fits within 3 GMACs: the fastest, FT, takes 33\.0 ms; the cheapest, TT,"
         with pytest.raises(AdnifyError, match=msg):  # each budget alone can be met, both together cannot
-            ro.select_within_budget(rows, budget_ms=35, budget_gmacs=3.0)
+            selection.select_within_budget(rows, budget_ms=35, budget_gmacs=3.0)
         for r in rows:
             r["latency_ms"] = None
         with pytest.raises(AdnifyError, match="measured latencies"):
-            ro.select_within_budget(rows, budget_ms=50)
+            selection.select_within_budget(rows, budget_ms=50)

@@ -467,7 +467,7 @@ def test_report_on_a_run_evaluates_its_own_validation_split(model_dir, tmp_path)
 
 
 def test_epoch_images_makes_each_epoch_a_fresh_draw_of_that_many_images(model_dir, digits, tmp_path):
-    from adnify.train.inputs import EpochSampler
+    from adnify.train.loaders import EpochSampler
 
     sampler = EpochSampler(100, seed=3, limit=24)
     first = [i for _, i in sampler]

@@ -10,7 +10,7 @@ import torch
 
 import adnify
 from adnify.train.losses import information_maximisation
-from adnify.train.modeling import baseline_into_net, frozen_teacher, train_only_skip_norms, with_shared_norms
+from adnify.train.networks import baseline_into_net, frozen_teacher, train_only_skip_norms, with_shared_norms
 from adnify.train.steps import AdnPair, LossConfig, adn_step, drop_path_off, freeze_bn_stats, plain_step
 
 TINY = dict(num_classes=10, channels=(8, 16, 32, 64), stem_width=8, zero_init_last=False)  # every branch live

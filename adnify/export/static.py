@@ -1,4 +1,4 @@
-"""Static sub-networks written to files: ``torch.export`` programs and ONNX."""
+"""Static sub-networks written to files: ``torch.export`` programs and ONNX (one depth per file)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ from typing import Sequence
 
 import torch
 
-from .adaptive import AdaptiveNet, Pattern
-from .errors import AdnifyError
-from .io.files import check_writable
+from ..adaptive import AdaptiveNet, Pattern
+from ..errors import AdnifyError
+from ..io.files import check_writable
+
+__all__ = ["export_file"]
 
 
 def export_file(net: AdaptiveNet, pattern: Pattern, path: str | os.PathLike, *, format: str = "pt",

@@ -23,9 +23,9 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from .adaptive import AdaptiveNet
-from .errors import AdnifyError
-from .io.files import check_writable
+from ..adaptive import AdaptiveNet
+from ..errors import AdnifyError
+from ..io.files import check_writable
 
 __all__ = ["DynamicDepth", "depth_metadata", "export_dynamic", "read_metadata"]
 
@@ -84,7 +84,7 @@ def switched_model(net: AdaptiveNet, flags: list) -> nn.Module | None:
     None when some stage's blocks are not consecutive children of one ``nn.Sequential`` (then the
     per-block and per-norm branches of :class:`DynamicDepth`'s fallback are used) or with shared norms.
     """
-    from .adaptive import _PassThrough, _set_submodule
+    from ..adaptive import _PassThrough, _set_submodule
 
     stages = [s.mandatory + s.skippable for s in net.plan.stages]
     if net.shared_norms or not all(_consecutive_in_sequential(net.model, names) for names in stages):
@@ -118,7 +118,7 @@ def _consecutive_in_sequential(model: nn.Module, names: list[str]) -> bool:
 
 def depth_metadata(net: AdaptiveNet, input_size: Sequence[int]) -> dict[str, Any]:
     """What a runtime needs to choose a depth: stages, pattern order, MACs per pattern."""
-    from .report.costs import pattern_costs
+    from ..report.costs import pattern_costs
 
     patterns = net.patterns()
     costs = pattern_costs(net, patterns, input_size=input_size)
