@@ -115,11 +115,9 @@ def train_variant(name: str, seed: int, setting: dict[str, Any], data: str, run:
 def score(run: Path, setting: dict[str, Any], data: str, patterns: str) -> dict[str, Any]:
     """Top-1 on the test split and MACs of ``patterns`` (``all``, ``super``, ``base``, ``super,base``)."""
     import adnify
-    from adnify.io.data import load_image_data, make_loader
+    from adnify.io.data import load_image_data
     from adnify.report.costs import pattern_costs
-    from adnify.report.evaluate import evaluate_patterns
-    from adnify.train.loaders import build_transforms
-    from adnify.train.recipes import load_recipe
+    from adnify.report.evaluate import eval_loader, evaluate_patterns
 
     net = adnify.load(str(run))
     wanted = net.patterns() if patterns == "all" else [
@@ -127,8 +125,7 @@ def score(run: Path, setting: dict[str, Any], data: str, patterns: str) -> dict[
     split = "test" if setting["train_images"] or setting["data"] == "cifar10" else "validation"
     test = load_image_data(data, split=split, label_column=setting["label_column"])
     size = tuple(setting["overrides"]["input_size"])
-    transform = build_transforms(net.model, load_recipe(setting["recipe"], {"input_size": size})).eval
-    loader = make_loader(test.validation, test, transform, batch_size=256, num_workers=2)
+    loader = eval_loader(net, test, batch_size=256, num_workers=2, input_size=size)  # as `adnify report`
     acc = evaluate_patterns(net, wanted, loader, progress=False)
     costs = {c.pattern: c.macs for c in pattern_costs(net, wanted, input_size=size)}
     return {"top1": {p: acc[p].acc1 for p in wanted}, "macs": costs}

@@ -14,6 +14,7 @@ validation subset. Resumable: each finished point is kept in ``OUT/curve.json``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -22,12 +23,11 @@ import numpy as np
 import torch
 
 import adnify
-from adnify.io.data import load_image_data, make_loader
+from adnify.io.data import load_image_data
 from adnify.io.files import atomic_write_text
-from adnify.report.evaluate import evaluate_patterns
+from adnify.report.evaluate import eval_loader, eval_transform, evaluate_patterns
 from adnify.train.calibrate import calibrate_skip_norms
-from adnify.train.loaders import build_transforms, calibration_loader
-from adnify.train.recipes import load_recipe
+from adnify.train.loaders import calibration_loader
 
 
 def main() -> None:
@@ -51,22 +51,20 @@ def main() -> None:
     results = json.loads(out.read_text()) if out.exists() else {}
     data = load_image_data(args.data, label_column=args.label_column)
     net = adnify.load(args.model)
-    transform = build_transforms(net.model, load_recipe("finetune", {})).eval
     val = data.validation
     if args.val and args.val < len(val):
         val = val.select(np.sort(np.random.default_rng(1).permutation(len(val))[: args.val]))
-    scored = {"validation": (val, data)}
+    scored = {"validation": dataclasses.replace(data, validation=val)}
     for item in args.extra:
         name, path = item.split("=", 1)
-        extra = load_image_data(path, val_split=0)
-        scored[name] = (extra.train, extra)
+        scored[name] = load_image_data(path, val_split=0)  # every image is scored
 
     sup, base = "F" * net.num_stages, "T" * net.num_stages
 
     def score() -> dict[str, dict[str, float]]:
         found = {}
-        for name, (ds, info) in scored.items():
-            loader = make_loader(ds, info, transform, batch_size=args.batch_size, num_workers=1)
+        for name, scored_data in scored.items():
+            loader = eval_loader(net, scored_data, batch_size=args.batch_size, num_workers=1)
             acc = evaluate_patterns(net, [sup, base], loader, agreement=True, progress=False)
             found[name] = {p: {"acc1": a.acc1, "agreement": a.agreement, "kl_to_super": a.kl_to_super}
                            for p, a in acc.items()}
@@ -81,7 +79,7 @@ def main() -> None:
             continue
         net.load_state_dict(start)
         # the images adnify train would calibrate on: calibrate_skip_norms=size, seed 0
-        loader = calibration_loader(data, transform, {"calibrate_skip_norms": size, "seed": 0,
+        loader = calibration_loader(data, eval_transform(net), {"calibrate_skip_norms": size, "seed": 0,
                                                       "batch_size": args.batch_size, "workers": 1})
         began = time.perf_counter()
         used = calibrate_skip_norms(net, loader, max_images=size)

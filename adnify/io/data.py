@@ -173,7 +173,7 @@ def make_loader(
         shuffle=shuffle,
         num_workers=num_workers,
         drop_last=drop_last,
-        collate_fn=_collate,
+        collate_fn=collate_images,
         generator=torch.Generator().manual_seed(seed) if shuffle else None,
         persistent_workers=num_workers > 0,
     )
@@ -220,7 +220,8 @@ def decode_image(value: Any, index: int, source: str) -> Image.Image:
                           f"{str(e).splitlines()[0] if str(e) else ''}; remove or replace it") from None
 
 
-def _collate(examples: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
+def collate_images(examples: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[{"image", "label"}, ...]`` -> ``(images [B, 3, H, W] float, labels [B] long)``."""
     images = torch.stack([torch.as_tensor(e["image"]) for e in examples]).float()
     return images, torch.tensor([e["label"] for e in examples], dtype=torch.long)
 

@@ -1,4 +1,9 @@
-"""Accuracy of many sub-networks in one pass over the data.
+"""The one evaluation pipeline: accuracy of many sub-networks in one pass over the data.
+
+``adnify report``, the validation of ``adnify train`` (and its norm calibration), the benchmarks and
+the examples all evaluate through :func:`eval_transform` (timm's data config of the model, crop mode
+included), :func:`eval_loader` and :func:`evaluate_patterns`, so a run's logged validation accuracy
+is what ``adnify report --data RUN`` measures on the same split.
 
 Every batch is read and transformed once, then run through every requested pattern
 (``net(x, skip=p)`` under ``torch.inference_mode``); top-1/top-5 hits and agreement with
@@ -49,7 +54,8 @@ class Accuracy:
 
 
 def eval_transform(net: AdaptiveNet, input_size: Sequence[int] | None = None):
-    """timm's evaluation transform for ``net`` (resize, centre crop, normalise) at :meth:`AdaptiveNet.input_size`."""
+    """timm's evaluation transform for ``net`` at :meth:`AdaptiveNet.input_size`: resize, crop (the model's
+    ``crop_pct`` and ``crop_mode``), normalise, all from ``timm.data.resolve_model_data_config``."""
     from timm.data import create_transform, resolve_model_data_config
 
     cfg = resolve_model_data_config(net.model, args={"input_size": net.input_size(input_size)})

@@ -1,4 +1,7 @@
-"""Training and evaluation inputs: timm transforms, a reproducible training loader, mixup.
+"""Training inputs: timm's training transform, a reproducible training loader, mixup.
+
+Evaluation (validation, calibration) uses the one evaluation pipeline of ``adnify report``:
+:func:`adnify.report.evaluate.eval_transform` and :func:`~adnify.report.evaluate.eval_loader`.
 
 The training loader is built so that a resumed run sees exactly the images an uninterrupted run
 would have seen: the shuffle order is a function of ``(seed, epoch)`` only, and every image's
@@ -15,12 +18,13 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
-from torch import nn
 
+from ..adaptive import AdaptiveNet
 from ..errors import AdnifyError
-from ..io.data import ImageData, ImageRows, make_loader
+from ..io.data import ImageData, ImageRows, collate_images, make_loader
+from ..report.evaluate import eval_transform
 
-__all__ = ["EpochSampler", "SeededImages", "Transforms", "build_mixup", "build_transforms", "eval_loader",
+__all__ = ["EpochSampler", "SeededImages", "Transforms", "build_mixup", "build_transforms", "calibration_loader",
            "train_loader"]
 
 
@@ -31,21 +35,19 @@ class Transforms:
     input_size: tuple[int, int, int]
 
 
-def build_transforms(model: nn.Module, config: dict[str, Any]) -> Transforms:
-    """timm's training and evaluation transforms for ``model``'s data config and the recipe."""
+def build_transforms(net: AdaptiveNet, config: dict[str, Any]) -> Transforms:
+    """timm's training transform for ``net``'s data config and the recipe, and the evaluation transform
+    of ``adnify report`` (:func:`~adnify.report.evaluate.eval_transform`), both at the recipe's input size."""
     from timm.data import create_transform, resolve_model_data_config
 
-    data_cfg = resolve_model_data_config(model)
-    size = tuple(config["input_size"]) if config.get("input_size") else tuple(data_cfg["input_size"])
-    mean, std = data_cfg["mean"], data_cfg["std"]
+    size = net.input_size(config.get("input_size"))
+    data_cfg = resolve_model_data_config(net.model)
     train = create_transform(
         size, is_training=True, scale=tuple(config["scale"]), ratio=tuple(config["ratio"]), hflip=config["hflip"],
         color_jitter=config["color_jitter"], auto_augment=config["aa"], interpolation=config["train_interpolation"],
-        re_prob=config["reprob"], mean=mean, std=std,
+        re_prob=config["reprob"], mean=data_cfg["mean"], std=data_cfg["std"],
     )
-    evaluation = create_transform(size, is_training=False, interpolation=data_cfg.get("interpolation", "bilinear"),
-                                  crop_pct=data_cfg.get("crop_pct"), mean=mean, std=std)
-    return Transforms(train, evaluation, size)  # type: ignore[arg-type]
+    return Transforms(train, eval_transform(net, size), size)
 
 
 class EpochSampler(torch.utils.data.Sampler):
@@ -75,7 +77,7 @@ class EpochSampler(torch.utils.data.Sampler):
 
 
 class SeededImages(torch.utils.data.Dataset):
-    """``dataset[(epoch, index)] -> (image tensor, label or -1)``, augmented reproducibly.
+    """``dataset[(epoch, index)] -> {"image": tensor, "label": int or -1}``, augmented reproducibly.
 
     The global python/numpy/torch random states are saved and restored around each image, so
     loading data (also ahead of time, as accelerate's loader does) never shifts the random
@@ -88,7 +90,7 @@ class SeededImages(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
         epoch, index = key
         row = self.rows[int(index)]  # decoded; the transform's random draws are seeded below
         seed = (self.seed * 1_000_003 + epoch) * 10_000_019 + int(index)
@@ -102,11 +104,7 @@ class SeededImages(torch.utils.data.Dataset):
         finally:
             random.setstate(py_state)
             np.random.set_state(np_state)
-        return image, row["label"]
-
-
-def _collate(batch: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.stack([b[0] for b in batch]).float(), torch.tensor([b[1] for b in batch], dtype=torch.long)
+        return {"image": image, "label": row["label"]}
 
 
 def train_loader(data: ImageData, transform: Callable, config: dict[str, Any], num_processes: int
@@ -126,18 +124,10 @@ def train_loader(data: ImageData, transform: Callable, config: dict[str, Any], n
     workers = config["workers"]
     loader = torch.utils.data.DataLoader(
         SeededImages(data, transform, config["seed"]), batch_size=batch, sampler=sampler, drop_last=True,
-        num_workers=workers, collate_fn=_collate, persistent_workers=workers > 0,
+        num_workers=workers, collate_fn=collate_images, persistent_workers=workers > 0,
         generator=torch.Generator().manual_seed(config["seed"]),  # not the global RNG
     )
     return loader, sampler
-
-
-def eval_loader(data: ImageData, transform: Callable, config: dict[str, Any]) -> torch.utils.data.DataLoader | None:
-    """The validation loader, or None when there is no validation split."""
-    if data.validation is None or len(data.validation) == 0:
-        return None
-    return make_loader(data.validation, data, transform, batch_size=config["batch_size"],
-                       num_workers=min(config["workers"], 2))
 
 
 def calibration_loader(data: ImageData, transform: Callable, config: dict[str, Any]) -> Any:

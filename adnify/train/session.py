@@ -16,7 +16,8 @@ from ..conversion.plan import format_pattern, parse_pattern
 from ..errors import AdnifyError
 from ..io.data import ImageData, check_labels
 from ..io.loading import load
-from .loaders import build_mixup, build_transforms, calibration_loader, eval_loader, train_loader
+from ..report.evaluate import eval_loader
+from .loaders import build_mixup, build_transforms, calibration_loader, train_loader
 from .loop_state import TrainState
 from .networks import frozen_teacher, head_size, open_model, train_only_skip_norms
 from .optim import build_criterion, build_ema, build_optimizer, build_scheduler
@@ -210,11 +211,12 @@ def prepare_session(
     world = accelerator.num_processes
     lr = resolve_lr(config, config["batch_size"] * world)
     info.update(lr=lr, global_batch_size=config["batch_size"] * world, processes=world)
-    transforms = build_transforms(net.model, config)
+    transforms = build_transforms(net, config)
     saved_config = config
     config = {**config, "workers": min(config["workers"], os.cpu_count() or 1)}
     loader, sampler = train_loader(data, transforms.train, config, world)
-    evaluation = eval_loader(data, transforms.eval, config)
+    evaluation = None if data.validation is None else eval_loader(  # the pipeline of `adnify report`
+        net, data, batch_size=config["batch_size"], num_workers=min(config["workers"], 2), input_size=transforms.input_size)
     calibration = calibration_loader(data, transforms.eval, config) if not pattern else None
     classes = head_size(net) or data.num_classes or 0
     mixup = build_mixup(config, classes)
