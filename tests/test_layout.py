@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import importlib
 from pathlib import Path
 
 import pytest
@@ -66,16 +65,6 @@ def test_no_module_imports_itself_through_others():
 @pytest.mark.parametrize("folder", ["conversion", "io", "report", "train", "cli"])
 def test_each_stage_of_the_pipeline_is_a_folder(folder):
     assert (PACKAGE / folder / "__init__.py").is_file()
-
-
-@pytest.mark.parametrize("old, new", [("costs", "report.costs"), ("data", "io.data"), ("sources", "io.sources"),
-                                      ("plan", "conversion.plan"), ("recipes", "train.recipes"),
-                                      ("report_output", "report.output"), ("evaluate", "report.evaluate")])
-def test_module_paths_from_before_the_move_still_import(old, new):
-    assert importlib.import_module(f"adnify.{old}") is importlib.import_module(f"adnify.{new}")
-    import adnify
-
-    assert getattr(adnify, old) is importlib.import_module(f"adnify.{new}")
 
 
 def test_tests_mirror_the_package_tree():

@@ -32,6 +32,8 @@ from PIL import Image
 from ..errors import AdnifyError
 from .hub import hub_or_cache
 
+__all__ = ["ImageData", "check_labels", "load_image_data"]
+
 BUILTINS = ("digits",)
 VALIDATION_SPLITS = ("validation", "valid", "val", "test")
 IMAGE_NAMES = ("image", "img", "pixel_values")

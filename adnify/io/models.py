@@ -13,6 +13,8 @@ from torch import nn
 from ..errors import AdnifyError, UnknownModelError
 from .hub import hub_or_cache
 
+__all__ = ["list_model_names"]
+
 
 def resolve_model_name(name: str) -> str:
     """Resolve a timm name, an unambiguous prefix or a wildcard to exactly one architecture.

@@ -9,6 +9,8 @@ from typing import Any, Iterator
 from ..adaptive import AdaptiveNet
 from ..errors import AdnifyError, UnknownModelError
 
+__all__ = ["open_source"]
+
 
 def is_model_dir(path: str | Path) -> bool:
     """A directory written by ``AdaptiveNet.save`` or a training run holding one."""

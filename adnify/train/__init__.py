@@ -14,7 +14,9 @@ stem computed once for both passes), :mod:`.optim` (timm's builders), :mod:`.cal
 :mod:`.demo`; evaluation uses :func:`adnify.report.evaluate.evaluate_patterns`.
 """
 
+from .calibrate import calibrate_skip_norms
 from .loop import StepInfo, TrainResult
+from .rundir import RunDir
 from .run import train
 
-__all__ = ["StepInfo", "TrainResult", "train"]
+__all__ = ["RunDir", "StepInfo", "TrainResult", "calibrate_skip_norms", "train"]

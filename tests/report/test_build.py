@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 import adnify
 from adnify.cli import app
 from adnify.errors import AdnifyError
-from adnify.report import build_report, parse_metrics, parse_patterns
+from adnify.report.build import build_report, parse_metrics, parse_patterns
 from adnify.report.costs import count_macs
 from adnify.report.evaluate import evaluate_patterns
 

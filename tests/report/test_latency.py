@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from adnify import latency
+from adnify.report import latency
 from adnify.errors import AdnifyError
 from adnify.report.latency import Timing, measure_interleaved, summarize, timing_context
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adnify import losses
+from adnify.train import losses
 from adnify.train.losses import LossParts, adn_loss, base_loss, channel_kl, super_loss
 
 torch.manual_seed(0)
