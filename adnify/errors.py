@@ -1,4 +1,6 @@
-"""The one exception type a user of adnify has to know about."""
+"""The one exception type a user of adnify has to know about, and how other errors become one line of it."""
+
+import re
 
 
 class AdnifyError(Exception):
@@ -11,3 +13,23 @@ class AdnifyError(Exception):
 
 class UnknownModelError(AdnifyError):
     """A name that is no timm model (callers that also accept directories add that to the message)."""
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def strip_ansi(text: str) -> str:
+    """``text`` without terminal colour codes (torch.export and dynamo colour their messages)."""
+    return _ANSI.sub("", text)
+
+
+def first_line(error: BaseException, *, with_type: bool = False) -> str:
+    """The first line of ``error``'s message, without terminal colours, for a one-line error message.
+
+    An empty message gives the exception's type name; ``with_type`` puts ``TypeName: `` before the line.
+    """
+    text = strip_ansi(str(error)).strip()
+    if not text:
+        return type(error).__name__
+    line = text.splitlines()[0].strip()
+    return f"{type(error).__name__}: {line}" if with_type else line

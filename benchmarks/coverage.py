@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from adnify.errors import strip_ansi
 from adnify.io.files import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +45,7 @@ _BIG = re.compile(r"(large|huge|giant|gigantic|enormous|_xl|xlarge|_l\d|_h\d|_g\
 
 
 def _one_line(text: str, limit: int = 300) -> str:
-    text = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(text)).split())  # no terminal colours (torch.export's)
+    text = " ".join(strip_ansi(str(text)).split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

@@ -1,9 +1,10 @@
-"""Serve a dynamic-depth ONNX file with onnxruntime alone, choosing the depth from a latency budget.
+"""Serve a dynamic-depth ONNX file with onnxruntime, choosing the depth from a latency budget.
 
-The file's metadata (written by ``adnify export --dynamic-depth``) lists the patterns and their
-MACs. At start-up each pattern is timed once on this machine; each request then runs the most
-accurate affordable depth: the pattern with the most MACs whose measured latency fits the budget.
-adnify itself is not needed here: only onnxruntime and numpy.
+The file's metadata (written by ``adnify export --dynamic-depth``) lists the patterns, their blocks
+and MACs. At start-up each pattern is timed once on this machine; each request then runs the depth
+that ``adnify report --budget-ms`` would choose (:func:`adnify.report.select_within_budget`: the
+deepest pattern whose measured latency fits, the cheaper one on a tie). The model itself runs on
+onnxruntime alone; adnify is imported only for that rule.
 
     adnify export r50-adn --dynamic-depth --format onnx -o r50-adn.onnx
     python examples/serve_dynamic.py r50-adn.onnx --budget-ms 40
@@ -17,6 +18,9 @@ import time
 
 import numpy as np
 import onnxruntime as ort
+
+from adnify import AdnifyError
+from adnify.report import select_within_budget
 
 
 def latency_table(session: ort.InferenceSession, meta: dict, repeats: int = 5) -> dict[str, float]:
@@ -36,12 +40,21 @@ def latency_table(session: ort.InferenceSession, meta: dict, repeats: int = 5) -
     return table
 
 
+def report_rows(meta: dict, latency: dict[str, float]) -> list[dict]:
+    """The file's patterns as rows of ``adnify report`` (no accuracy: deeper counts as better)."""
+    skippable = [len(stage["skippable"]) for stage in meta["stages"]]
+    return [{"pattern": p, "skipped_blocks": sum(n for n, c in zip(skippable, p) if c == "T"),
+             "gmacs": meta["macs"][p] / 1e9, "latency_ms": latency[p]} for p in meta["patterns"]]
+
+
 def choose(meta: dict, latency: dict[str, float], budget_ms: float) -> str:
-    """The pattern with the most MACs within the budget (the base-net when none fits)."""
-    fitting = [p for p in meta["patterns"] if latency[p] <= budget_ms]
-    if not fitting:
-        return meta["patterns"][-1]
-    return max(fitting, key=lambda p: meta["macs"][p])
+    """The pattern ``adnify report --budget-ms`` would choose; the one with the fewest MACs when none fits."""
+    rows = report_rows(meta, latency)
+    try:
+        return select_within_budget(rows, budget_ms=budget_ms)["pattern"]
+    except AdnifyError as e:
+        print(f"{e}; serving the cheapest")
+        return min(rows, key=lambda r: r["gmacs"])["pattern"]
 
 
 def main() -> None:

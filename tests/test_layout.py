@@ -62,12 +62,12 @@ def test_no_module_imports_itself_through_others():
     assert not real, "import cycles:\n" + "\n".join(real)
 
 
-@pytest.mark.parametrize("folder", ["conversion", "io", "report", "train", "cli"])
+@pytest.mark.parametrize("folder", ["conversion", "io", "report", "train", "export", "cli"])
 def test_each_stage_of_the_pipeline_is_a_folder(folder):
     assert (PACKAGE / folder / "__init__.py").is_file()
 
 
 def test_tests_mirror_the_package_tree():
     tests = Path(__file__).resolve().parent
-    for folder in ("conversion", "io", "report", "train", "cli"):
+    for folder in ("conversion", "io", "report", "train", "export", "cli"):
         assert any((tests / folder).glob("test_*.py")), f"tests/{folder}/ has no tests"

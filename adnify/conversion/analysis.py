@@ -25,7 +25,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from ..errors import AdnifyError
+from ..errors import AdnifyError, first_line
 from .norms import is_norm, norm_channels
 from .plan import Plan, StagePlan
 from .residuals import is_residual_region, leaf_is_residual, module_regions
@@ -213,7 +213,7 @@ def _probe(model: nn.Module, children: dict[str, list[str]], input_size: Sequenc
     except Exception as e:
         raise AdnifyError(
             f"a forward pass of {type(model).__name__} on a {tuple(input_size)} input failed: "
-            f"{type(e).__name__}: {e} (Hint: pass the input size the model expects)"
+            f"{first_line(e, with_type=True)} (Hint: pass the input size the model expects)"
         ) from e
     finally:
         for h in handles:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch.fx as fx
 from torch import nn
 
-from ..errors import AdnifyError
+from ..errors import AdnifyError, first_line
 
 try:  # timm >= 0.9 keeps the registry here
     from timm.layers._fx import get_notrace_functions, get_notrace_modules
@@ -45,6 +45,6 @@ def trace(model: nn.Module, tracer: fx.Tracer | None = None) -> fx.Graph:
     except Exception as e:  # FX raises many types for untraceable code
         name = type(model).__name__
         raise AdnifyError(
-            f"torch.fx could not trace {name}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+            f"torch.fx could not trace {name}: {first_line(e, with_type=True)} "
             f"(Hint: register the offending module with timm.layers.register_notrace_module)"
         ) from e

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import tempfile
 from pathlib import Path
 from typing import Any, Sequence
@@ -24,7 +23,7 @@ import torch
 from torch import nn
 
 from ..adaptive import AdaptiveNet
-from ..errors import AdnifyError
+from ..errors import AdnifyError, first_line
 from ..io.files import check_writable
 
 __all__ = ["DynamicDepth", "depth_metadata", "export_dynamic", "read_metadata"]
@@ -182,8 +181,7 @@ def _root_reason(error: BaseException) -> str:
     """The first line of the innermost cause: torch.onnx wraps the real one in a generic message."""
     while error.__cause__ is not None:
         error = error.__cause__
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+    return first_line(error, with_type=True)
 
 
 def _localise_initializers(model: Any) -> int:

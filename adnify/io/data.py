@@ -29,7 +29,7 @@ import torch
 from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
 from PIL import Image
 
-from ..errors import AdnifyError
+from ..errors import AdnifyError, first_line
 from .hub import hub_or_cache
 
 __all__ = ["ImageData", "check_labels", "load_image_data"]
@@ -218,8 +218,8 @@ def decode_image(value: Any, index: int, source: str) -> Image.Image:
     except Exception as e:
         name = value.get("path") if isinstance(value, dict) else None
         what = f"row {index}" + (f" ({name})" if name else "")
-        raise AdnifyError(f"the image in {what} of {source} cannot be decoded: {type(e).__name__}: "
-                          f"{str(e).splitlines()[0] if str(e) else ''}; remove or replace it") from None
+        raise AdnifyError(f"the image in {what} of {source} cannot be decoded: {first_line(e, with_type=True)}; "
+                          "remove or replace it") from None
 
 
 def collate_images(examples: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -272,7 +272,7 @@ def _load_splits(source: str) -> dict[str, datasets.Dataset]:
         with hub_or_cache() as online:
             return _as_dict(datasets.load_dataset(source))
     except Exception as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = first_line(e)
         where = ("the Hub cannot be reached from here and its local cache lacks it" if not online
                  else f"{reason}; is the Hub reachable?")
         raise AdnifyError(
@@ -297,7 +297,7 @@ def _load_local(path_or_builder: str, source: str, **kwargs: Any) -> dict[str, d
     try:
         return _as_dict(datasets.load_dataset(path_or_builder, **kwargs))
     except (ValueError, FileNotFoundError, datasets.exceptions.DatasetGenerationError) as e:
-        raise AdnifyError(f"cannot read the dataset {source}: {str(e).strip().splitlines()[0]}") from e
+        raise AdnifyError(f"cannot read the dataset {source}: {first_line(e)}") from e
 
 
 def _image_folder(path: Path) -> dict[str, datasets.Dataset]:
@@ -317,7 +317,7 @@ def _image_folder(path: Path) -> dict[str, datasets.Dataset]:
     try:
         return _as_dict(datasets.load_dataset("imagefolder", data_dir=str(path), data_files=data_files))
     except (ValueError, FileNotFoundError) as e:
-        raise AdnifyError(f"cannot read the image folder {path}: {str(e).splitlines()[0]}") from e
+        raise AdnifyError(f"cannot read the image folder {path}: {first_line(e)}") from e
 
 
 def _digits() -> datasets.Dataset:

@@ -10,7 +10,7 @@ from torch import nn
 
 from ..adaptive import AdaptiveNet
 from ..conversion.plan import Plan
-from ..errors import AdnifyError
+from ..errors import AdnifyError, first_line
 from .checkpoint import describe_file
 from .storage import FORMAT_VERSION, WEIGHTS_NAME, model_dir, read_config
 
@@ -43,14 +43,14 @@ def load(directory: str | os.PathLike, *, model: nn.Module | None = None,
             model = timm.create_model(source["model"], pretrained=False, **kwargs)
         except Exception as e:  # an unknown name or arguments this timm refuses
             raise AdnifyError(f"{directory}/adnify.json names a model this timm ({timm.__version__}) cannot build: "
-                              f"{source['model']}({_kwargs_text(kwargs)}): {_first_line(e)}") from e
+                              f"{source['model']}({_kwargs_text(kwargs)}): {first_line(e)}") from e
     try:
         net = AdaptiveNet(model, Plan.from_dict(config["plan"]), source=source,
                           shared_norms=config.get("shared_norms", False))
     except ValueError as e:  # the plan names modules the model lacks: an edited file, or other model arguments
         what = source.get("model") or source.get("class") or "the given model"
         raise AdnifyError(f"the plan in {directory}/adnify.json does not fit {what}"
-                          f"({_kwargs_text(source.get('kwargs', {}))}): {_first_line(e)}; "
+                          f"({_kwargs_text(source.get('kwargs', {}))}): {first_line(e)}; "
                           f"re-convert the model rather than editing adnify.json") from e
     weights = directory / WEIGHTS_NAME
     if not weights.is_file():
@@ -60,20 +60,15 @@ def load(directory: str | os.PathLike, *, model: nn.Module | None = None,
     except Exception as e:  # SafetensorError, or a header that parses but lies about the tensors
         if "size mismatch" in str(e) or "shape" in str(e).lower():
             raise AdnifyError(f"{weights} does not fit the model {directory}/adnify.json describes: "
-                              f"{_first_line(e)}") from e
+                              f"{first_line(e)}") from e
         raise AdnifyError(f"{weights} is damaged: {describe_file(weights)}; re-save the model or restore the file "
-                          f"({_first_line(e)})") from e
+                          f"({first_line(e)})") from e
     if missing or unexpected:
         missing, unexpected = sorted(missing), sorted(unexpected)
         raise AdnifyError(f"{weights} does not fit the model {directory}/adnify.json describes: "
                           f"{len(missing)} tensors missing {missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}")
     net.eval()
     return net
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _kwargs_text(kwargs: dict[str, Any]) -> str:

@@ -165,12 +165,32 @@ def test_the_serving_example_picks_the_deepest_pattern_that_fits_each_budget(exp
     from pathlib import Path
 
     net, files, _ = exported
-    example = Path(__file__).resolve().parents[1] / "examples" / "serve_dynamic.py"
+    example = Path(__file__).resolve().parents[2] / "examples" / "serve_dynamic.py"
     done = subprocess.run([sys.executable, str(example), str(files["onnx"]), "--budget-ms", "1e6",
                            "--budget-ms", "0"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     chosen = [line.split("-> ")[1].split()[0] for line in done.stdout.splitlines() if line.startswith("budget")]
     assert chosen == ["F" * net.num_stages, "T" * net.num_stages]  # all the time: super; none: base
+
+
+def test_the_serving_example_chooses_by_the_rule_of_adnify_report():
+    import importlib.util
+    from pathlib import Path
+
+    from adnify.report import select_within_budget
+
+    path = Path(__file__).resolve().parents[2] / "examples" / "serve_dynamic.py"
+    spec = importlib.util.spec_from_file_location("serve_dynamic", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    # Stage 0 skips 3 cheap blocks, stage 1 one costly block: TF keeps more MACs, FT more depth.
+    meta = {"patterns": ["FF", "TF", "FT", "TT"], "stages": [{"skippable": ["a", "b", "c"]}, {"skippable": ["d"]}],
+            "macs": {"FF": 6e9, "TF": 5e9, "FT": 4e9, "TT": 3e9}}
+    latency = {"FF": 60.0, "TF": 50.0, "FT": 40.0, "TT": 30.0}
+    for budget in (100, 55, 45, 35):
+        rows = example.report_rows(meta, latency)
+        assert example.choose(meta, latency, budget) == select_within_budget(rows, budget_ms=budget)["pattern"]
+    assert example.choose(meta, latency, 55) == "FT"  # the deeper one, though TF has more MACs
 
 
 def test_a_stage_switch_the_exporter_rejects_falls_back_to_a_branch_per_block(tmp_path, monkeypatch):
