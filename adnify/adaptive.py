@@ -11,6 +11,7 @@ from torch import nn
 
 from .conversion.analysis import default_input_size
 from .conversion.plan import Plan, all_patterns, format_pattern, parse_pattern
+from .io.storage import save as save_parts
 from .skipping import SkipAwareNorm, SkippableBlock, make_skip_aware, make_skippable, restore
 
 Pattern = str | Sequence[bool]
@@ -135,9 +136,8 @@ class AdaptiveNet(nn.Module):
 
     def save(self, directory: str, *, force: bool = False, extra: dict[str, Any] | None = None) -> None:
         """Write ``model.safetensors`` and ``adnify.json`` (plan, source, version) atomically."""
-        from .io.storage import save
-
-        save(self, directory, force=force, extra=extra)
+        save_parts(self.model, self.plan, self.source, directory, shared_norms=self.shared_norms, force=force,
+                   extra=extra)
 
     def export(self, pattern: Pattern, *, share: bool = False) -> nn.Module:
         """A plain module computing sub-network ``pattern``: skipped blocks removed, norms resolved.

@@ -5,22 +5,28 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from torch import nn
+
+from ..conversion.plan import Plan
 from ..errors import AdnifyError
 from .files import atomic_directory
-
-if TYPE_CHECKING:  # the model imports this module to save itself; this one never imports the model
-    from ..adaptive import AdaptiveNet
 
 CONFIG_NAME = "adnify.json"
 WEIGHTS_NAME = "model.safetensors"
 FORMAT_VERSION = 1
 
 
-def save(net: "AdaptiveNet", directory: str | os.PathLike, *, force: bool = False,
-         extra: dict[str, Any] | None = None) -> Path:
-    """Write ``net`` to ``directory`` atomically; an existing directory needs ``force``."""
+def save(model: nn.Module, plan: Plan, source: dict[str, Any], directory: str | os.PathLike, *,
+         shared_norms: bool = False, force: bool = False, extra: dict[str, Any] | None = None) -> Path:
+    """Write an adaptive model's parts to ``directory`` atomically; an existing directory needs ``force``.
+
+    Args:
+        model: the converted module (its weights go to ``model.safetensors``).
+        plan, source, shared_norms: what rebuilding it needs (``adnify.json``).
+        extra: more keys for ``adnify.json`` (a training run's results, say).
+    """
     from safetensors.torch import save_model
 
     from .. import __version__
@@ -28,13 +34,13 @@ def save(net: "AdaptiveNet", directory: str | os.PathLike, *, force: bool = Fals
     config = {
         "format_version": FORMAT_VERSION,
         "adnify_version": __version__,
-        "source": net.source,
-        "shared_norms": net.shared_norms,
-        "plan": net.plan.to_dict(),
+        "source": source,
+        "shared_norms": shared_norms,
+        "plan": plan.to_dict(),
         **(extra or {}),
     }
     with atomic_directory(directory, force=force) as tmp:
-        save_model(net.model, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "adnify": __version__})
+        save_model(model, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "adnify": __version__})
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
     return Path(directory)
 

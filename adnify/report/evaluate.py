@@ -35,7 +35,8 @@ import torch.nn.functional as F
 from ..adaptive import AdaptiveNet
 from ..conversion.plan import format_pattern, parse_pattern
 from ..errors import AdnifyError
-from ..io.data import ImageData, check_labels, make_loader
+from ..io.data import ImageData, check_labels
+from ..io.images import make_loader
 
 if TYPE_CHECKING:
     from accelerate import Accelerator

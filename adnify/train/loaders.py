@@ -21,7 +21,8 @@ import torch
 
 from ..adaptive import AdaptiveNet
 from ..errors import AdnifyError
-from ..io.data import ImageData, ImageRows, collate_images, make_loader
+from ..io.data import ImageData
+from ..io.images import ImageRows, collate_images, make_loader
 from ..report.evaluate import eval_transform
 
 __all__ = ["EpochSampler", "SeededImages", "Transforms", "build_mixup", "build_transforms", "calibration_loader",

@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 from adnify.errors import AdnifyError
-from adnify.io.data import ImageData, check_labels, load_image_data, make_loader
+from adnify.io.data import ImageData, check_labels, load_image_data
+from adnify.io.images import make_loader
 
 
 def to_tensor(image: Image.Image) -> torch.Tensor:

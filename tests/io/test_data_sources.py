@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from adnify.errors import AdnifyError
-from adnify.io.data import load_image_data, make_loader
+from adnify.io.data import load_image_data
+from adnify.io.images import make_loader
 
 
 def _png(color: int) -> bytes:
