@@ -7,31 +7,20 @@ import json
 from pathlib import Path
 
 import datasets
-import huggingface_hub.constants
 import pytest
 import torch
 from PIL import Image
 
 import adnify
 from adnify.io.data import load_image_data
-from adnify.report.build import build_report
+from adnify.report import build_report
 from adnify.train import train
 
 # The model's timm data config squashes, not centre-crops, and crops much: with wide images the two
 # crops see different pixels, so an evaluation that dropped crop_mode would score other images.
 TINY = dict(channels=(8, 16, 32, 64), stem_width=8, num_classes=10, zero_init_last=False,
             pretrained_cfg_overlay={"crop_mode": "squash", "crop_pct": 0.75})
-
-
-@pytest.fixture(autouse=True)
-def one_thread_offline(tmp_path_factory, monkeypatch):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path_factory.mktemp("hf-cache"))
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def wide(image: Image.Image) -> Image.Image:
