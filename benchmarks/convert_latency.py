@@ -43,8 +43,8 @@ import timm
 import torch
 
 import adnify
-from adnify.report import latency
 from adnify.conversion.analysis import default_input_size
+from adnify.report import latency
 from adnify.report.costs import pattern_costs
 from adnify.report.latency import measure_interleaved
 

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 import adnify
-from adnify.report.evaluate import eval_loader
+from adnify.report import eval_loader
 from adnify.train.rundir import RunDir, run_image_data
 
 

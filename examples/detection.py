@@ -21,7 +21,7 @@ import torch
 
 import adnify
 from adnify.detection import backbone_kd, fpn_backbone, set_depth
-from adnify.report.costs import pattern_costs
+from adnify.report import pattern_costs
 
 COLOURS = torch.tensor([[1.0, 0.1, 0.1], [0.1, 1.0, 0.1], [0.1, 0.2, 1.0]])
 

@@ -25,8 +25,8 @@ import torch
 import adnify
 from adnify.io.data import load_image_data
 from adnify.io.files import atomic_write_text
-from adnify.report.evaluate import eval_loader, eval_transform, evaluate_patterns
-from adnify.train.calibrate import calibrate_skip_norms
+from adnify.report import eval_loader, eval_transform, evaluate_patterns
+from adnify.train import calibrate_skip_norms
 from adnify.train.loaders import calibration_loader
 
 

