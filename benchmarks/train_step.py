@@ -9,6 +9,8 @@ Time: one step = forward(s) + loss + backward(s) + SGD update, for
   (``share_prefix: false``), to see what sharing it saves;
 - ``joint-compiled``, ``sequential-compiled``: the same with ``compile_loss: true`` (each KL term one
   fused ``torch.compile`` kernel; off in every recipe). Compiling happens in the warm-up rounds.
+- ``plain-cl``, ``sequential-cl``: ``plain`` and ``sequential`` with the model and each batch in
+  ``torch.channels_last`` (the recipe key ``channels_last``); the batch's conversion is timed too;
 - ``finetune``: the label-free ``finetune`` recipe's step (only the skip-aware norm copies train,
   BatchNorm statistics frozen, information maximisation on the base-net): nothing reads the
   super-net, so only the base-net runs;
@@ -54,7 +56,7 @@ from typing import Any
 import torch
 
 VARIANTS = ("plain", "joint", "sequential", "joint-unshared", "sequential-unshared", "joint-compiled",
-            "sequential-compiled", "finetune", "finetune-kd", "finetune-teacher")
+            "sequential-compiled", "finetune", "finetune-kd", "finetune-teacher", "plain-cl", "sequential-cl")
 
 
 def build(model: str, input_size: tuple[int, ...], batch: int, device: torch.device, seed: int = 0):
@@ -103,16 +105,19 @@ def make_step(variant: str, net: Any, accelerator: Any):
 
     if variant.startswith("finetune"):
         return make_finetune_step(variant, net, accelerator)
-    if variant == "plain":
+    order, _, option = variant.partition("-")
+    if order == "plain":
         module = net.export("F" * net.num_stages).train()
     else:
-        module = AdnPair(copy.deepcopy(net), share_prefix=not variant.endswith("-unshared")).train()
+        module = AdnPair(copy.deepcopy(net), share_prefix=option != "unshared").train()
+    layout = torch.channels_last if option == "cl" else torch.contiguous_format
+    module = module.to(memory_format=layout)
     optimizer = torch.optim.SGD(module.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
-    order, _, option = variant.partition("-")
     loss = LossConfig(channel_dims=tuple(s.channel_dim for s in net.plan.stages), compiled_kl=option == "compiled")
 
     def step(x: torch.Tensor, y: torch.Tensor) -> None:
-        if variant == "plain":
+        x = x.contiguous(memory_format=layout)
+        if order == "plain":
             plain_step(accelerator, module, x, y)
         else:
             adn_step(accelerator, module, x, y, loss, order=order)

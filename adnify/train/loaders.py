@@ -100,7 +100,7 @@ class SeededImages(torch.utils.data.Dataset):
             with torch.random.fork_rng(devices=[]):
                 random.seed(seed)
                 np.random.seed(seed % 2**32)
-                torch.manual_seed(seed)
+                torch.manual_seed(seed % 2**63)  # the same draws as before for every seed that fitted
                 image = self.transform(row["image"])
         finally:
             random.setstate(py_state)

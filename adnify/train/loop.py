@@ -13,7 +13,7 @@ from .loop_state import StopRequest
 from .networks import baseline_into_net
 from .progress import Meter, TrainProgress, stats_line
 from .session import Session
-from .steps import adn_step, freeze_bn_stats, plain_step
+from .steps import GradProbe, adn_step, freeze_bn_stats, plain_step
 
 __all__ = ["StepInfo", "TrainResult", "run_loop"]
 
@@ -143,31 +143,44 @@ def _log_trackers(session: Session, values: dict[str, float]) -> None:
         session.accelerator.log(values, step=session.state.step)
 
 
+def _kd_scale(session: Session) -> float:
+    """The distillation warm-up factor of the coming step: 0 at the first step, 1 after the warm-up."""
+    steps = session.config["distill_warmup_epochs"] * len(session.train_loader)
+    return 1.0 if steps <= 0 else min(1.0, session.state.step / steps)
+
+
 def _one_step(session: Session, images: torch.Tensor, labels: torch.Tensor, stop: StopRequest) -> dict[str, float]:
     acc, cfg = session.accelerator, session.config
+    if cfg["channels_last"] and images.dim() == 4:
+        images = images.contiguous(memory_format=torch.channels_last)
     target: torch.Tensor | None = labels if session.labels else None
     if session.mixup is not None:
         images, soft = session.mixup(images, labels if session.labels else torch.zeros_like(labels))
         target = soft if session.labels else None
-    teacher_logits = None
+    teacher_logits = original_logits = None
     if session.teacher is not None:
         with torch.no_grad(), acc.autocast():
-            teacher_logits = session.teacher(images).float()
+            logits = session.teacher(images).float()
+        if session.labels:
+            original_logits = logits  # labelled: the original model is an additional teacher
+        else:
+            teacher_logits = logits
+    # Each term's gradient norm into the shared weights, measured on the steps that are logged.
+    probe = (GradProbe(list(session.trained.named_parameters()))
+             if cfg["log_grad_norms"] and not session.baseline and (session.state.step + 1) % cfg["log_interval"] == 0
+             else None)
     if session.baseline:
         parts = plain_step(acc, session.model, images, target, criterion=session.criterion,
                            teacher_logits=teacher_logits, temperature=cfg["temperature"])
     else:
         parts = adn_step(acc, session.model, images, target, session.loss, order=cfg["order"],
-                         criterion=session.criterion, teacher_logits=teacher_logits,
-                         super_is_teacher=session.super_is_teacher)
-    zero = parts.logit_kd.new_zeros(())
-    pre = parts.pre_logits_kd if parts.pre_logits_kd is not None else zero
-    im = parts.im if parts.im is not None else zero
-    local = torch.stack([parts.total.detach().float(), parts.ce.float(), parts.feature_kd.float(),
-                         parts.logit_kd.float(), pre.float(), im.float(),
-                         torch.tensor(float(stop.requested), device=parts.total.device)])
+                         criterion=session.criterion, teacher_logits=teacher_logits, original_logits=original_logits,
+                         super_is_teacher=session.super_is_teacher, kd_scale=_kd_scale(session), probe=probe)
+    names = sorted(parts.terms)  # the same on every process: the terms follow the config
+    values_local = [parts.total.float()] + [parts.terms[n][1].float() for n in names]
+    local = torch.stack([*values_local, torch.tensor(float(stop.requested), device=parts.total.device)])
     every = acc.gather(local[None]).cpu()  # one small all-gather: the NaN check and Ctrl-C must agree
-    if not torch.isfinite(every[:, :6]).all():
+    if not torch.isfinite(every[:, :-1]).all():
         session.optimizer.zero_grad(set_to_none=True)
         last = session.run.latest_checkpoint()
         raise AdnifyError(
@@ -175,7 +188,7 @@ def _one_step(session: Session, images: torch.Tensor, labels: torch.Tensor, stop
             f" training stopped, nothing saved after the last good checkpoint "
             f"({last if last else 'none yet'}); lower the learning rate or enable grad_clip, then resume"
         )
-    stop.requested = bool(every[:, 6].max() > 0)
+    stop.requested = bool(every[:, -1].max() > 0)
     if cfg["grad_clip"]:
         acc.clip_grad_norm_(session.trained.parameters(), cfg["grad_clip"])
     session.optimizer.step()
@@ -185,12 +198,10 @@ def _one_step(session: Session, images: torch.Tensor, labels: torch.Tensor, stop
     if session.ema is not None:
         session.ema.update(session.trained, step=session.state.step)
     session.scheduler.step_update(num_updates=session.state.step)
-    mean = every[:, :6].mean(0).tolist()
-    values = dict(zip(("loss", "loss_ce", "loss_feature_kd", "loss_logit_kd"), mean))
-    if parts.pre_logits_kd is not None:
-        values["loss_pre_logits_kd"] = mean[4]
-    if parts.im is not None:
-        values["loss_im"] = mean[5]
+    mean = every[:, :-1].mean(0).tolist()
+    values = {"loss": mean[0], **{f"loss_{n}": v for n, v in zip(names, mean[1:])}}
+    if probe is not None:
+        values.update({f"grad_norm_{n}": v for n, v in probe.norms().items()})  # this process's, not averaged
     return values
 
 
@@ -282,7 +293,8 @@ def run_loop(
                 state.batch_in_epoch = 0
                 session.scheduler.step(state.epoch)
                 began = time.perf_counter()
-                if state.epoch % cfg["eval_every_epochs"] == 0 or state.epoch == session.total_epochs:
+                every = cfg["eval_every_epochs"]  # 0: never
+                if every and (state.epoch % every == 0 or state.epoch == session.total_epochs):
                     evaluation = _evaluate(session, bar)
                     _train_mode(session)
                 _save_checkpoint(session, saved)

@@ -13,9 +13,6 @@ __all__ = ["Meter", "TrainProgress", "console"]
 
 console = Console()
 
-LOSS_KEYS = ("loss", "loss_ce", "loss_feature_kd", "loss_logit_kd")
-
-
 class Meter:
     """Means of the loss parts since the last log line, and the throughput."""
 
@@ -23,14 +20,16 @@ class Meter:
         self.reset()
 
     def reset(self) -> None:
-        self.sums = dict.fromkeys(LOSS_KEYS, 0.0)
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
         self.steps = 0
         self.images = 0
         self.started = time.perf_counter()
 
     def add(self, values: dict[str, float], images: int) -> None:
-        for key, value in values.items():  # LOSS_KEYS, and loss_pre_logits_kd when the recipe weights it
+        for key, value in values.items():  # loss terms every step; gradient norms on probed steps only
             self.sums[key] = self.sums.get(key, 0.0) + value
+            self.counts[key] = self.counts.get(key, 0) + 1
         self.steps += 1
         self.images += images
 
@@ -40,7 +39,7 @@ class Meter:
 
     def summary(self) -> dict[str, float]:
         elapsed = max(time.perf_counter() - self.started, 1e-9)
-        out = {k: v / max(self.steps, 1) for k, v in self.sums.items()}
+        out = {k: v / max(self.counts[k], 1) for k, v in self.sums.items()}
         out["images_per_s"] = self.images / elapsed
         return out
 
@@ -52,13 +51,8 @@ def _fmt(value: float) -> str:
 
 
 def stats_line(values: dict[str, float], lr: float) -> str:
-    parts = [f"loss {_fmt(values['loss'])}", f"ce {_fmt(values['loss_ce'])}"]
-    if values.get("loss_feature_kd"):
-        parts.append(f"feature_kd {_fmt(values['loss_feature_kd'])}")
-    if values.get("loss_logit_kd"):
-        parts.append(f"logit_kd {_fmt(values['loss_logit_kd'])}")
-    if values.get("loss_pre_logits_kd"):
-        parts.append(f"pre_logits_kd {_fmt(values['loss_pre_logits_kd'])}")
+    parts = [f"loss {_fmt(values['loss'])}"]
+    parts += [f"{key[5:]} {_fmt(v)}" for key, v in values.items() if key.startswith("loss_")]
     parts.append(f"lr {lr:.2e}")
     if "images_per_s" in values:
         parts.append(f"{values['images_per_s']:.0f} img/s")

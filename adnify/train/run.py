@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from torch import nn
 
-from ..errors import AdnifyError
+from ..errors import AdnifyError, first_line
 from .loop import StepInfo, TrainResult, run_loop
 from .rundir import RunDir
 
@@ -121,13 +122,36 @@ def train(
 def _prepare(source: Any, run: RunDir, config: dict[str, Any], info: dict[str, Any], accelerator: Any,
              resume: bool, force: bool, prepare_session: Callable) -> Any:
     session = prepare_session(source, run, config, info, accelerator, resume=resume, force=force)
-    checkpoint = run.latest_checkpoint() if resume else None
+    checkpoint = _load_newest_intact(run, accelerator) if resume else None
     if checkpoint is not None:
-        accelerator.load_state(str(checkpoint))
         session.scheduler.step_update(num_updates=session.state.step)
         if accelerator.is_main_process:
             run.truncate_metrics(session.state.step)
     return session
+
+
+def _load_newest_intact(run: RunDir, accelerator: Any) -> Path | None:
+    """Load the newest checkpoint that loads; warn about each damaged one skipped (a crash mid-write, a
+    full disk). Every later load overwrites all that an earlier, failed one may have half-loaded."""
+    steps = run.checkpoint_steps()
+    damaged: list[str] = []
+    for step in reversed(steps):
+        path = run.checkpoint(step)
+        try:
+            accelerator.load_state(str(path))
+        except Exception as err:  # safetensors, torch.load and accelerate raise many kinds here
+            reason = first_line(err, with_type=True)
+            damaged.append(f"{path.name} ({reason})")
+            if accelerator.is_main_process:
+                print(f"warning: checkpoint {path} is damaged ({reason}); trying the one before it", file=sys.stderr)
+            continue
+        if damaged and accelerator.is_main_process:
+            print(f"warning: resuming from {path.name}, the newest intact checkpoint", file=sys.stderr)
+        return path
+    if damaged:
+        raise AdnifyError(f"cannot resume {run.path}: no checkpoint is intact ({'; '.join(damaged)}); start over "
+                          "with --force")
+    return None
 
 
 def _flat(config: dict[str, Any]) -> dict[str, Any]:

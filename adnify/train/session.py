@@ -23,6 +23,7 @@ from .networks import frozen_teacher, head_size, open_model, train_only_skip_nor
 from .optim import build_criterion, build_ema, build_optimizer, build_scheduler
 from .recipes import dump_resolved, load_recipe, resolve_lr
 from .rundir import RunDir, run_image_data
+from .losses import NO_BASE_TERM
 from .steps import AdnPair, LossConfig
 
 __all__ = ["Session", "make_accelerator", "prepare_session"]
@@ -162,6 +163,45 @@ def _open_net(source: Any, run: RunDir, resume: bool, config: dict[str, Any], in
     return net
 
 
+def _from_pretrained(source: Any, info: dict[str, Any], notes: list[str]) -> bool:
+    """Whether the network starts from trained weights with its own head (not a timm name built at random)."""
+    if any(note.startswith("new classifier head") for note in notes):
+        return False
+    if isinstance(source, nn.Module) or not isinstance(source, str):
+        return True  # the caller's own module: its weights are what the user trained or loaded
+    from ..io.sources import is_model_dir
+
+    options = info.get("convert_options", {}) or {}
+    return is_model_dir(source) or bool(options.get("pretrained") or options.get("checkpoint"))
+
+
+def _loss_config(config: dict[str, Any], net: AdaptiveNet, info: dict[str, Any]) -> LossConfig:
+    """The loss of the recipe, checked against the network and the data before anything runs."""
+    if config["teacher_weight"] > 0:
+        if config["labels"] == "none":
+            raise AdnifyError("teacher_weight needs labels: a label-free run (labels: none) already learns from the "
+                              "original model; set teacher_weight=0")
+        if not info.get("pretrained"):
+            raise AdnifyError("teacher_weight > 0 needs a model converted from pretrained weights (--pretrained, "
+                              "--checkpoint or a saved model, with its own classifier head); this one starts from "
+                              "random weights or a new head: set teacher_weight=0")
+    classes = head_size(net)
+    if config["kd_topk"] is not None and classes is not None and config["kd_topk"] > classes:
+        raise AdnifyError(f"kd_topk {config['kd_topk']} is above the model's {classes} classes: allowed 1..{classes}, "
+                          "or null for every class")
+    stages = config["feature_kd_stages"]
+    if stages is not None and max(stages) > net.num_stages:
+        raise AdnifyError(f"feature_kd_stages {list(stages)} names a stage beyond this network's {net.num_stages} "
+                          f"adaptive stages: allowed 1..{net.num_stages}")
+    try:
+        loss = LossConfig.from_config(config, net)
+    except ValueError as e:
+        raise AdnifyError(str(e)) from None
+    if not info.get("baseline") and not loss.trains_base:
+        raise AdnifyError(NO_BASE_TERM)
+    return loss
+
+
 def prepare_session(
     source: Any,
     run: RunDir,
@@ -186,8 +226,13 @@ def prepare_session(
         raise AdnifyError("this is a features_only backbone (feature maps, no classifier head): adnify train trains "
                           "classifiers; train it inside its detector with adnify.detection (examples/detection.py)")
     _fit_labels(data, net, config["labels"] != "none", notes)
+    if not resume:  # whether the start holds trained weights the original-teacher term can learn from
+        info["pretrained"] = _from_pretrained(source, info, notes)
+    loss = _loss_config(config, net, info)
     # With train_params: skip_norms the super-net *is* the converted model, so it is its own teacher.
-    teacher = frozen_teacher(net) if config["labels"] == "none" and config["train_params"] != "skip_norms" else None
+    label_free_teacher = config["labels"] == "none" and config["train_params"] != "skip_norms"
+    teacher = frozen_teacher(net) if label_free_teacher or (loss.teacher_weight > 0 and not info.get("baseline")) \
+        else None
     pattern = info.get("baseline")
     if pattern:
         try:
@@ -202,7 +247,7 @@ def prepare_session(
             raise AdnifyError("train_params: skip_norms keeps the super-net as converted, which needs freeze_bn_stats: "
                               "true (BatchNorm in train mode would update its statistics)")
         count = train_only_skip_norms(net)
-        role = (" and is the base-net's teacher" if LossConfig.from_config(config, net).reads_super else
+        role = (" and is the base-net's teacher" if loss.reads_super else
                 " and is not run in training (no loss term reads it)") if config["labels"] == "none" else ""
         notes.append(f"training only the skip-aware norm copies ({count:,} values): the super-net stays as "
                      f"converted{role}")
@@ -236,9 +281,14 @@ def prepare_session(
 
     module = trained if pattern else AdnPair(
         net, pre_logits=config["kd_weight_pre_logits"] > 0, share_prefix=config["share_prefix"])
+    if config["channels_last"]:
+        module.to(memory_format=torch.channels_last)
     model, optimizer, loader = accelerator.prepare(module, optimizer, loader)  # evaluate_patterns shards `evaluation`
     if teacher is not None:
-        teacher.to(accelerator.device)
+        teacher.to(accelerator.device, memory_format=torch.channels_last if config["channels_last"] else
+                   torch.preserve_format)
+    if len(loader) == 0:
+        raise AdnifyError(f"batch_size {config['batch_size']} leaves no full batch in the training split: lower it")
     scheduler, total_epochs = build_scheduler(optimizer, config, len(loader))
     ema = build_ema(trained, config, accelerator.device)
     state = TrainState()
@@ -250,6 +300,6 @@ def prepare_session(
     return Session(
         accelerator=accelerator, run=run, config=config, info=info, data=data, net=net, trained=trained,
         model=model, optimizer=optimizer, scheduler=scheduler, total_epochs=total_epochs, train_loader=loader,
-        sampler=sampler, eval_loader=evaluation, calibration_loader=calibration, loss=LossConfig.from_config(config, net), criterion=criterion,
+        sampler=sampler, eval_loader=evaluation, calibration_loader=calibration, loss=loss, criterion=criterion,
         mixup=mixup, teacher=teacher, ema=ema, state=state, notes=notes,
     )

@@ -13,17 +13,17 @@ does the optimizer step, so clipping, EMA and scheduling are shared with the pla
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
+import torch
 from torch import Tensor, nn
 
 from ..adaptive import AdaptiveNet
 from ..errors import AdnifyError
-from .losses import LossParts, adn_loss, base_loss, channel_kl, super_loss
+from .losses import LossConfig, LossParts, base_loss, channel_kl, super_loss
 from .shared_prefix import SharedPrefix
 
-__all__ = ["AdnPair", "LossConfig", "adn_step", "drop_path_off", "freeze_bn_stats", "plain_step"]
+__all__ = ["AdnPair", "GradProbe", "LossConfig", "adn_step", "drop_path_off", "freeze_bn_stats", "plain_step"]
 
 
 def _drop_path_modules(module: nn.Module) -> list[nn.Module]:
@@ -119,49 +119,41 @@ class AdnPair(nn.Module):
         return tuple(outputs) if which == "both" else outputs[0]
 
 
-@dataclass(frozen=True)
-class LossConfig:
-    """The recipe keys of the loss, and the channel dimension of every stage output."""
+class GradProbe:
+    """Measures the gradient norm that each loss term sends into the shared weights (logging steps only).
 
-    channel_dims: tuple[int, ...]
-    alpha: float = 0.5
-    temperature: float = 1.0
-    distill: bool = True
-    feature_kd: bool = True
-    logit_kd: bool = True
-    kd_weight_features: float = 1.0
-    kd_weight_pre_logits: float = 0.0
-    compiled_kl: bool = False
-    im_weight: float = 0.0
+    The shared weights are those that terms of both ends reach, except the skip-aware norm copies:
+    not the skippable blocks (super-net only) nor either copy of a norm pair. Each term costs one extra
+    backward through its own graph, so probe only on logged steps. In the sequential order with
+    ``share_prefix`` the super-net's gradient reaches the layers before the first adaptive stage only
+    with the base pass, so those layers are not counted there.
+    """
 
-    @property
-    def reads_super(self) -> bool:
-        """Whether the base-net's loss needs the super-net's outputs (False: IM alone)."""
-        return self.distill and (self.feature_kd or self.logit_kd or self.kd_weight_pre_logits > 0)
+    def __init__(self, named_params: Sequence[tuple[str, nn.Parameter]]) -> None:
+        trained = [(n, p) for n, p in named_params if p.requires_grad]
+        self.params = [p for _, p in trained]
+        self._copies = [".skip_copy." in n for n, _ in trained]
+        self._used: dict[str, list[bool]] = {}
+        self._squares: dict[str, list[float]] = {}
 
-    @classmethod
-    def from_config(cls, config: dict[str, Any], net: AdaptiveNet) -> "LossConfig":
-        return cls(
-            channel_dims=tuple(s.channel_dim for s in net.plan.stages),
-            alpha=config["alpha"], temperature=config["temperature"], distill=config["distill"],
-            feature_kd=config["feature_kd"], logit_kd=config["logit_kd"],
-            kd_weight_features=config["kd_weight_features"],
-            kd_weight_pre_logits=config["kd_weight_pre_logits"], compiled_kl=config["compile_loss"],
-            im_weight=config["im_weight"],
-        )
+    def measure(self, parts: LossParts, side: str) -> None:
+        """Record each term's per-parameter squared gradient norms; ``side`` is ``super`` or ``base``."""
+        for name, (weight, value) in parts.terms.items():
+            if weight <= 0 or not value.requires_grad:
+                continue
+            grads = torch.autograd.grad(weight * value, self.params, retain_graph=True, allow_unused=True)
+            self._squares[name] = [0.0 if g is None else float(g.detach().float().pow(2).sum()) for g in grads]
+            used = self._used.setdefault(side, [False] * len(grads))
+            self._used[side] = [u or g is not None for u, g in zip(used, grads)]
 
-    def kwargs(self) -> dict[str, Any]:
-        return dict(channel_dims=list(self.channel_dims), alpha=self.alpha, temperature=self.temperature,
-                    feature_kd=self.feature_kd, logit_kd=self.logit_kd, distill=self.distill,
-                    kd_weight_features=self.kd_weight_features, kd_weight_pre_logits=self.kd_weight_pre_logits,
-                    compiled_kl=self.compiled_kl, im_weight=self.im_weight)
-
-    def split(self, feats: list[Tensor]) -> tuple[list[Tensor], Tensor | None]:
-        """Stage outputs and, when the pass returned one more tensor, its pre-logit features
-        (an :class:`AdnPair` built with ``pre_logits=True``)."""
-        if len(feats) == len(self.channel_dims) + 1:
-            return feats[:-1], feats[-1]
-        return feats, None
+    def norms(self) -> dict[str, float]:
+        """``term -> L2 norm`` over the shared weights, then reset."""
+        sides = list(self._used.values())
+        both = [all(col) for col in zip(*sides)] if sides else []
+        shared = [keep and not copy for keep, copy in zip(both, self._copies)]
+        out = {name: sum(v for v, keep in zip(sq, shared) if keep) ** 0.5 for name, sq in self._squares.items()}
+        self._used, self._squares = {}, {}
+        return out
 
 
 def adn_step(
@@ -174,7 +166,10 @@ def adn_step(
     order: str = "joint",
     criterion: Callable[[Tensor, Tensor], Tensor] | None = None,
     teacher_logits: Tensor | None = None,
+    original_logits: Tensor | None = None,
     super_is_teacher: bool = False,
+    kd_scale: float = 1.0,
+    probe: GradProbe | None = None,
 ) -> LossParts:
     """Forward and backward of one mini-batch; gradients are left in ``.grad`` for the caller's step.
 
@@ -182,35 +177,45 @@ def adn_step(
         accelerator: the ``accelerate.Accelerator`` (``backward``, ``no_sync``, ``autocast``).
         model: the prepared :class:`AdnPair`.
         x, target: the batch (``target``: class indices or mixup's soft targets; None label-free).
-        loss: weights and switches of the loss.
+        loss: weights and forms of the loss terms.
         order: ``joint`` or ``sequential``.
         criterion: supervised loss, default cross-entropy.
         teacher_logits: label-free fine-tuning: ``KL(y_teacher || y_super)`` replaces the CE term.
+        original_logits: the frozen original model's logits, for ``teacher_weight > 0`` (with labels).
         super_is_teacher: label-free, with no super-net parameter training (``train_params:
             skip_norms``): the super-net computes the converted model, so it is its own teacher. Its
             term is zero and no frozen copy has to run.
+        kd_scale: the distillation warm-up factor (0..1) for this step.
+        probe: when given, each term's gradient norm into the shared weights is measured first.
     """
     if super_is_teacher and (teacher_logits is not None or target is not None):
         raise ValueError("super_is_teacher is label-free: pass neither target nor teacher_logits")
+    common = dict(criterion=criterion, original_logits=original_logits)
     if super_is_teacher and not loss.reads_super:
         # Nothing reads the frozen super-net (IM on the base-net alone): its pass would be wasted.
         with accelerator.autocast():
             b_logits, b_feats = model(x, "base")
             b_feats, b_pre = loss.split(b_feats)
-            b_total, feat, logit, pre, im = base_loss(b_logits, b_feats, b_logits.detach(), [], None,
-                                                      base_pre=b_pre, **loss.kwargs())
-        accelerator.backward(b_total)
-        zero = b_total.detach().new_zeros(())
-        return LossParts(total=b_total.detach(), ce=zero, feature_kd=feat, logit_kd=logit, im=im)
+            parts = base_loss(b_logits, b_feats, b_logits.detach(), [], None, loss, base_pre=b_pre,
+                              kd_scale=kd_scale, **common)
+        if probe is not None:
+            probe.measure(parts, "base")
+        accelerator.backward(parts.total)
+        return _detached(parts)
     if order == "joint":
         with accelerator.autocast():
             (s_logits, s_feats), (b_logits, b_feats) = model(x)
             teacher_logits = s_logits.detach() if super_is_teacher else teacher_logits
             (s_feats, s_pre), (b_feats, b_pre) = loss.split(s_feats), loss.split(b_feats)
-            parts = adn_loss(s_logits, b_logits, s_feats, b_feats, target, teacher_logits=teacher_logits,
-                             criterion=criterion, super_pre=s_pre, base_pre=b_pre, **loss.kwargs())
+            first = super_loss(s_logits, target, loss, teacher_logits=teacher_logits, **common)
+            second = base_loss(b_logits, b_feats, s_logits, s_feats, target, loss, teacher_logits=teacher_logits,
+                               super_pre=s_pre, base_pre=b_pre, kd_scale=kd_scale, **common)
+        if probe is not None:
+            probe.measure(first, "super")
+            probe.measure(second, "base")
+        parts = first + second
         accelerator.backward(parts.total)
-        return parts
+        return _detached(parts)
     if order != "sequential":
         raise ValueError(f"order must be 'joint' or 'sequential', not {order!r}")
     # Super-net first, without gradient synchronisation: its gradient is reduced with the base-net's.
@@ -218,23 +223,27 @@ def adn_step(
         with accelerator.autocast():
             s_logits, s_feats = model(x, "super")
             teacher_logits = s_logits.detach() if super_is_teacher else teacher_logits
-            ce = super_loss(s_logits, target, alpha=1.0, criterion=criterion, teacher_logits=teacher_logits,
-                            temperature=loss.temperature, compiled_kl=loss.compiled_kl)
-        weight = loss.alpha if loss.distill else 0.5
-        if ce.requires_grad:  # not when only the skip-aware norms train (train_params: skip_norms)
-            accelerator.backward(ce * weight)
+            first = super_loss(s_logits, target, loss, teacher_logits=teacher_logits, **common)
+        if probe is not None:
+            probe.measure(first, "super")
+        if first.total.requires_grad:  # not when only the skip-aware norms train (train_params: skip_norms)
+            accelerator.backward(first.total)
+    first = _detached(first)
     s_logits, s_feats = s_logits.detach(), [f.detach() for f in s_feats]  # frees the super-net graph
     s_feats, s_pre = loss.split(s_feats)
     with accelerator.autocast():
         b_logits, b_feats = model(x, "base")
         b_feats, b_pre = loss.split(b_feats)
-        b_total, feat, logit, pre, im = base_loss(b_logits, b_feats, s_logits, s_feats, target, criterion=criterion,
-                                              teacher_logits=teacher_logits, super_pre=s_pre, base_pre=b_pre,
-                                              **loss.kwargs())
-    accelerator.backward(b_total)
-    total = (ce.detach() * weight + b_total.detach())
-    return LossParts(total=total, ce=total if not loss.distill else ce.detach(), feature_kd=feat, logit_kd=logit,
-                     pre_logits_kd=pre if loss.kd_weight_pre_logits else None, im=im if loss.im_weight else None)
+        second = base_loss(b_logits, b_feats, s_logits, s_feats, target, loss, teacher_logits=teacher_logits,
+                           super_pre=s_pre, base_pre=b_pre, kd_scale=kd_scale, **common)
+    if probe is not None:
+        probe.measure(second, "base")
+    accelerator.backward(second.total)
+    return first + _detached(second)
+
+
+def _detached(parts: LossParts) -> LossParts:
+    return LossParts(parts.total.detach(), {k: (w, v.detach()) for k, (w, v) in parts.terms.items()})
 
 
 def plain_step(
@@ -255,5 +264,4 @@ def plain_step(
         else:
             total = (criterion or nn.CrossEntropyLoss())(logits, target)
     accelerator.backward(total)
-    zero = total.detach().new_zeros(())
-    return LossParts(total=total, ce=total.detach(), feature_kd=zero, logit_kd=zero)
+    return LossParts(total.detach(), {"ce": (1.0, total.detach())})

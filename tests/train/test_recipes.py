@@ -67,7 +67,7 @@ def test_paper_numbers():
     assert (swin["weight_decay"], swin["epochs"], swin["drop_path"]) == (0.05, 300, 0.2)
     # finetune: what kept the super-net and lifted the base-net on 40,400 photos (docs/finetune.md, sixth round)
     assert (ft["labels"], ft["freeze_bn_stats"], ft["train_params"]) == ("none", True, "skip_norms")
-    assert (ft["feature_kd"], ft["logit_kd"], ft["kd_weight_pre_logits"], ft["im_weight"]) == (False, False, 0.0, 1.0)
+    assert (ft["feature_kd"], ft["logit_kd"], ft["kd_weight_pre_logits"], ft["im_weight"]) == ("none", False, 0.0, 1.0)
     assert (ft["calibrate_skip_norms"], ft["mixup"], ft["cutmix"], ft["epochs"], ft["epoch_images"]) == (
         2000, 0.0, 0.0, 1, 6400)
     assert ft["eval_before_training"] and resolve_lr(ft, ft["batch_size"]) == pytest.approx(1e-4)
@@ -106,7 +106,7 @@ def test_overrides_win_and_are_typed():
         (["amp=maybe"], "'amp' in override 'amp=maybe' expects bool"),
         (["order=random"], "must be one of joint, sequential"),
         (["labels=yes"], "must be one of auto, none"),
-        (["alpha=null"], "cannot be null"),
+        (["temperature=null"], "cannot be null"),
         (["scale=0.5"], "expects a list of 2 values"),
         (["scale=0.1,0.5,1"], "needs 2 values"),
         (["lr"], "must look like key=value"),
@@ -207,3 +207,66 @@ def test_wheel_ships_recipes(tmp_path):
     folder, names, epochs = __import__("json").loads(out.strip().splitlines()[-1])
     assert Path(folder) == site / "adnify" / "_recipes"
     assert names == SHIPPED and epochs == 300
+
+
+# -- the loss keys (issue 28) ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["resnet", "mobilenet", "deit", "vit", "swin"])
+def test_classification_recipes_train_with_the_measured_loss_by_default(name):
+    """Full label term, logit distillation only (docs/training.md): no user has to know about alpha."""
+    config = load_recipe(name)
+    assert config["loss_preset"] is None and config["alpha"] is None
+    assert (config["label_weight"], config["distill_weight"], config["feature_kd"], config["logit_kd"]) == (
+        1.0, 1.0, "none", True)
+
+
+def test_the_paper_and_the_official_loss_are_one_named_override_away():
+    paper = load_recipe("resnet", parse_overrides(["loss_preset=paper"]))
+    assert (paper["alpha"], paper["feature_kd"], paper["logit_kd"], paper["kd_topk"]) == (0.5, "dense", True, None)
+    official = load_recipe("resnet", parse_overrides(["loss_preset=official"]))
+    assert (official["alpha"], official["feature_kd"], official["kd_topk"]) == (0.5, "none", 500)
+    # Keys given beside the preset still win over it.
+    assert load_recipe("resnet", parse_overrides(["loss_preset=official", "kd_topk=100"]))["kd_topk"] == 100
+
+
+def test_alpha_and_explicit_weights():
+    from adnify.train.losses import loss_weights
+
+    assert loss_weights(load_recipe("resnet", {"alpha": 0.3})) == pytest.approx((0.3, 0.7))
+    assert loss_weights(load_recipe("resnet", {"label_weight": 2.0})) == (2.0, 1.0)
+    # An explicit weight replaces the alpha that a preset (or a recipe file) gave.
+    assert loss_weights(load_recipe("resnet", {"loss_preset": "paper", "distill_weight": 0.2})) == (1.0, 0.2)
+    with pytest.raises(AdnifyError, match="either alpha"):
+        load_recipe("resnet", {"alpha": 0.5, "label_weight": 1.0})
+
+
+def test_feature_kd_written_as_a_boolean_by_older_runs_still_loads():
+    assert load_recipe("resnet", {"feature_kd": True})["feature_kd"] == "dense"
+    assert load_recipe("resnet", {"feature_kd": False})["feature_kd"] == "none"
+
+
+@pytest.mark.parametrize("items, message", [
+    (["loss_weight=1"], "unknown recipe key 'loss_weight'"),
+    (["distill_weight=-1"], "'distill_weight' .* must be >= 0, got -1.0"),
+    (["base_label_weight=-0.5"], "'base_label_weight' .* must be >= 0"),
+    (["feature_kd=all"], "must be one of none, pooled, dense"),
+    (["kd_topk=0"], "'kd_topk' .* must be >= 1"),
+    (["feature_kd_stages=[0]"], "'feature_kd_stages' .* must be >= 1"),
+    (["feature_kd_stages=[1,1]"], "names a stage twice"),
+    (["teacher_weight=-1"], "'teacher_weight' .* must be >= 0"),
+    (["lr=-1"], "'lr' .* must be > 0, got -1.0"),
+    (["lr_base_size=0"], "'lr_base_size' .* must be >= 1"),
+    (["momentum=0"], "momentum must be above 0 with opt sgd"),
+    (["smoothing=1e9"], "'smoothing' .* must be in \\[0, 1\\)"),
+    (["workers=-1"], "'workers' .* must be >= 0"),
+    (["seed=-1"], "'seed' .* must be in \\[0, 4294967295\\]"),
+    (["eval_every_epochs=-1"], "0 = never"),
+])
+def test_bad_loss_and_numeric_values_are_one_line_naming_the_key_and_what_is_allowed(items, message):
+    with pytest.raises(AdnifyError, match=message) as err:
+        load_recipe("resnet", parse_overrides(items))
+    assert "\n" not in str(err.value)
+
+
+def test_momentum_zero_is_fine_without_nesterov():
+    assert load_recipe("resnet", {"momentum": 0.0, "opt": "momentum"})["momentum"] == 0.0

@@ -99,7 +99,7 @@ def test_cli_run_writes_config_metrics_checkpoints_and_a_loadable_model(model_di
     assert "epochs: 2" in config and "batch_size: 8" in config
     steps = records(out, "train")
     assert [r["step"] for r in steps] == [2, 4, 6, 8, 10, 12]
-    for key in ("epoch", "loss", "loss_ce", "loss_feature_kd", "loss_logit_kd", "lr", "images_per_s"):
+    for key in ("epoch", "loss", "loss_ce", "loss_logit_kd", "lr", "images_per_s"):
         assert all(isinstance(r[key], (int, float)) for r in steps), key
     evals = records(out, "eval")
     assert [e["epoch"] for e in evals] == [1, 2]
@@ -206,16 +206,20 @@ def test_non_finite_weights_are_never_checkpointed_the_last_good_one_is_kept(mod
 # --- losses, ablations, baselines ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("overrides, feature, logit", [
-    ({}, True, True),
-    ({"order": "sequential"}, True, True),
-    ({"feature_kd": False}, False, True),
-    ({"distill": False}, False, False),
-], ids=["paper", "sequential", "no-feature-kd", "no-distill"])
-def test_loss_parts_follow_the_ablation(model_dir, digits, tmp_path, overrides, feature, logit):
+@pytest.mark.parametrize("overrides, terms", [
+    ({}, {"ce", "logit_kd"}),
+    ({"loss_preset": "paper"}, {"ce", "feature_kd", "logit_kd"}),
+    ({"loss_preset": "paper", "order": "sequential"}, {"ce", "feature_kd", "logit_kd"}),
+    ({"feature_kd": "pooled", "base_label_weight": 0.5}, {"ce", "base_ce", "feature_kd", "logit_kd"}),
+    ({"distill": False}, {"ce", "base_ce"}),
+], ids=["default", "paper", "paper-sequential", "pooled-base-labels", "no-distill"])
+def test_loss_terms_and_their_gradient_norms_follow_the_recipe(model_dir, digits, tmp_path, overrides, terms):
+    """metrics.jsonl: every term's value and, on each log line, the gradient norm it sends into the shared weights."""
     run(model_dir, digits, tmp_path / "run", overrides=overrides, max_steps=2)
     first = records(tmp_path / "run", "train")[0]
-    assert (first["loss_feature_kd"] > 0) == feature and (first["loss_logit_kd"] > 0) == logit
+    assert {k[5:] for k in first if k.startswith("loss_")} == terms
+    assert {k[10:] for k in first if k.startswith("grad_norm_")} == terms
+    assert all(first[f"loss_{t}"] > 0 and first[f"grad_norm_{t}"] > 0 for t in terms)
 
 
 def test_shared_norms_ablation_trains_a_network_without_norm_copies(model_dir, digits, tmp_path):
@@ -236,7 +240,7 @@ def test_baseline_trains_the_plain_or_static_network_with_plain_ce(model_dir, di
     run(model_dir, digits, out, baseline=True, pattern=pattern)
     expected = pattern or "FFFF"
     assert set(records(out, "eval")[-1]["acc1"]) == {expected}
-    assert all(r["loss_feature_kd"] == 0 and r["loss_logit_kd"] == 0 for r in records(out, "train"))
+    assert all(not any(k.startswith(("loss_feature", "loss_logit")) for k in r) for r in records(out, "train"))
     assert json.loads((out / "run.json").read_text())["baseline"] == expected
     net = adnify.load(out)  # the trained network, as that sub-network of an adaptive model
     start = adnify.load(out / "start")
@@ -281,8 +285,8 @@ def test_finetune_recipe_keeps_the_super_net_and_trains_the_base_net(model_dir, 
     for r in evals:  # label-free: how closely each sub-network follows the super-net, next to top-1
         kl = {set(p) == {"F"}: v for p, v in r["kl_to_super"].items()}
         assert kl[True] == 0.0 and kl[False] > 0 and set(r["agreement"]) == set(r["acc1"])
-    assert all("loss_im" in r and r["loss_feature_kd"] == r["loss_logit_kd"] == 0 for r in records(out, "train"))
-    assert all(r["loss_ce"] == 0 for r in records(out, "train"))  # the super-net is its own teacher
+    assert all("loss_im" in r and "loss_feature_kd" not in r and "loss_logit_kd" not in r for r in records(out, "train"))
+    assert all("loss_ce" not in r for r in records(out, "train"))  # the super-net is not run: no term reads it
 
 
 def test_skip_norms_with_batchnorm_in_train_mode_is_an_error(model_dir, digits, tmp_path):
@@ -495,3 +499,60 @@ def test_skip_norm_training_runs_without_dropout(model_dir, digits, tmp_path, mo
     train(str(model_dir), data=str(digits), output=tmp_path / "run", recipe="finetune", progress=False,
           overrides={**fast, "calibrate_skip_norms": 0, "epoch_images": 16})
     assert seen and not any(training for step in seen for training in step)
+
+
+# --- the loss options and bad input (issue 28) ----------------------------------------------------
+
+
+def test_eval_every_epochs_zero_never_evaluates_and_keeps_the_trained_model(model_dir, digits, tmp_path):
+    out = tmp_path / "run"
+    result = run(model_dir, digits, out, overrides=dict(eval_every_epochs=0, epochs=2))
+    assert result.status == "completed" and result.evaluation is None
+    assert records(out, "eval") == [] and (out / "final" / "adnify.json").is_file()
+
+
+def test_a_frozen_original_teaches_a_pretrained_model_with_labels(model_dir, digits, tmp_path):
+    out = tmp_path / "run"
+    run(model_dir, digits, out, overrides=dict(teacher_weight=0.5), max_steps=2)
+    first = records(out, "train")[0]
+    assert first["loss_teacher_kd"] >= 0 and first["loss_base_teacher_kd"] > 0  # the super-net starts as the teacher
+    assert first["grad_norm_base_teacher_kd"] > 0
+
+
+def test_a_frozen_original_needs_pretrained_weights(digits, tmp_path):
+    with pytest.raises(AdnifyError, match="teacher_weight > 0 needs a model converted from pretrained weights"):
+        train("resnet18", convert_options=TINY, data=str(digits), output=tmp_path / "run", recipe="resnet",
+              overrides={**FAST, "teacher_weight": 1.0}, progress=False)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(kd_topk=11), "kd_topk 11 is above the model's 10 classes: allowed 1..10"),
+    (dict(feature_kd="dense", feature_kd_stages=(5,)), "beyond this network's 4 adaptive stages: allowed 1..4"),
+    (dict(teacher_weight=1.0, labels="none"), "teacher_weight needs labels"),
+])
+def test_loss_options_that_do_not_fit_the_model_stop_before_the_first_step(model_dir, digits, tmp_path, overrides,
+                                                                          message):
+    with pytest.raises(AdnifyError, match=message):
+        run(model_dir, digits, tmp_path / "run", overrides=overrides)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_resume_skips_a_damaged_checkpoint_with_a_warning(model_dir, digits, tmp_path, capfd):
+    out = tmp_path / "run"
+    run(model_dir, digits, out, overrides=dict(checkpoint_every_steps=1, keep_checkpoints=3), max_steps=3)
+    newest = out / "checkpoints" / "step_000003" / "model.safetensors"
+    newest.write_bytes(newest.read_bytes()[:100])  # truncated, as by a crash or a full disk
+    resumed = train(str(out), resume=True, progress=False)
+    assert resumed.status == "completed" and resumed.step == 6
+    err = capfd.readouterr().err
+    assert "checkpoint" in err and "step_000003 is damaged" in err and "resuming from step_000002" in err
+
+
+def test_resume_with_no_intact_checkpoint_is_one_line(model_dir, digits, tmp_path):
+    out = tmp_path / "run"
+    run(model_dir, digits, out, overrides=dict(checkpoint_every_steps=1, keep_checkpoints=1), max_steps=2)
+    (out / "checkpoints" / "step_000002" / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(AdnifyError, match=r"no checkpoint is intact \(step_000002 \(") as err:
+        train(str(out), resume=True, progress=False)
+    assert "\n" not in str(err.value)
