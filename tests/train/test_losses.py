@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adnify.train import losses
+from adnify.train import kl as losses  # the KL kernel and its compile state
 from adnify.train.losses import LossConfig, LossParts, adn_loss, base_loss, channel_kl, super_loss, topk_kl
 
 torch.manual_seed(0)

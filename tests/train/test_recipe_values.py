@@ -14,11 +14,12 @@ import adnify
 from adnify.errors import AdnifyError
 from adnify.io.data import load_image_data
 from adnify.train import train
-from adnify.train.recipes import DEFAULTS, _SCHEMA, load_recipe
+from adnify.train.recipe_schema import SCHEMA
+from adnify.train.recipes import load_recipe
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-NUMERIC = sorted(k for k, spec in _SCHEMA.items() if spec.type in (int, float))
+NUMERIC = sorted(k for k, spec in SCHEMA.items() if spec.type in (int, float))
 VALUES = (0, -1, 10**9)
 TINY = dict(channels=(8, 16, 32, 64), stem_width=8, num_classes=10, zero_init_last=False)
 # 16 training images in batches of 8: 2 steps per epoch, one of which runs.
