@@ -91,3 +91,21 @@ def test_finished_variants_are_summarised_not_trained_again(claims, monkeypatch,
     table = (out / "claims.md").read_text()
     assert "| adn | 71.00 ± 1.00 | 70.00 ± 1.00 |" in table
     assert "done:" in capsys.readouterr().out
+
+
+def test_the_fair_protocol_reports_each_variant_at_its_own_best_learning_rate(claims):
+    """--lr-factors: every variant is summarised at the factor whose seeds' mean end top-1 is highest."""
+    results = {"adn@0": finished(50.0), "adn@1": finished(52.0), "adn@0@lr2": finished(53.0),
+               "adn@1@lr2": finished(53.0), "super@0": finished(60.0), "super@0@lr2": finished(55.0)}
+    summary = claims.summarise(results)
+    assert summary["adn"]["lr_factor"] == 2.0 and summary["adn"]["top1"]["FFFF"] == 53.0
+    assert summary["adn"]["by_lr"] == {"1": {"FFFF": 51.0, "TTTT": 50.0}, "2": {"FFFF": 53.0, "TTTT": 52.0}}
+    assert summary["super"]["lr_factor"] == 1.0 and summary["super"]["seeds"] == 1
+    assert claims.run_key("adn", 1, 2.0) == "adn@1@lr2" and claims.run_key("adn", 1, 1.0) == "adn@1"
+
+
+def test_bad_lr_factors_are_one_line(claims, monkeypatch, tmp_path, capsys):
+    (tmp_path / "cifar10").mkdir()
+    with pytest.raises(SystemExit):
+        run(claims, monkeypatch, "-o", str(tmp_path / "out"), "--data-root", str(tmp_path), "--lr-factors", "1,-2")
+    assert "--lr-factors must be positive" in capsys.readouterr().err
