@@ -35,6 +35,7 @@ from ..io.data import ImageData, load_image_data
 from .costs import MACS_METHOD, pattern_costs
 from .evaluate import eval_loader, evaluate_patterns, make_accelerator, progress_bar
 from .latency import measure_interleaved, timing_context
+from .layout import fastest_layout
 from .selection import Row
 
 if TYPE_CHECKING:
@@ -235,8 +236,9 @@ def build_report(
         eval_batch = batch_size or DEFAULT_EVAL_BATCH
         loader = eval_loader(net, loaded, batch_size=eval_batch, num_workers=num_workers, input_size=size)
         accelerator = accelerator or make_accelerator(dev)
+        how: dict[str, Any] = {}
         results = evaluate_patterns(net, pats, loader, labels=has_labels, agreement=agreement,
-                                    accelerator=accelerator, dtype=torch_dtype, progress=progress)
+                                    accelerator=accelerator, dtype=torch_dtype, progress=progress, record=how)
         for p, res in results.items():
             by_pattern[p].update(acc1=res.acc1, acc5=res.acc5, agreement=res.agreement)
         dev, main = accelerator.device, accelerator.is_main_process
@@ -248,6 +250,9 @@ def build_report(
             "examples": next(iter(results.values())).examples,
             "accuracy": ", ".join(measured) + " (%)",
             "eval_batch_size": eval_batch,
+            "evaluation": how["evaluation"],
+            "eval_memory_format": how["memory_format"],
+            "eval_forward_batch": how["forward_batch"],
             "eval_transform": "timm resolve_model_data_config + create_transform(is_training=False)",
             "processes": accelerator.num_processes,
         })
@@ -261,6 +266,7 @@ def build_report(
         ctx = timing_context(batch_size=lat_batch, input_size=size, dtype=torch_dtype, device=dev, warmup=warmup,
                              repeats=repeats, compile=compile, static=static)
         context.update({k: list(v) if isinstance(v, tuple) else v for k, v in asdict(ctx).items()})
+        context["memory_format"] = fastest_layout(net, dev).memory_format
         context["latency_method"] = ("median and IQR in ms per batch; all patterns interleaved in one run, "
                                      "device synchronised, inference_mode")
     elif "acc" in wanted:
@@ -273,7 +279,8 @@ def measure_latency(net: AdaptiveNet, patterns: Sequence[str], *, batch_size: in
                     warmup: int = 5, repeats: int = 20, progress: bool = True) -> dict:
     """Latency of every pattern, measured interleaved in one run; pattern -> :class:`~adnify.report.latency.Timing`."""
     net.eval().to(device=device, dtype=dtype)
-    x = torch.randn(batch_size, *input_size, device=device, dtype=dtype)
+    # the fastest memory format on the device (channels-last for convnets); the batch is the one asked for
+    x = fastest_layout(net, device).apply(torch.randn(batch_size, *input_size, device=device, dtype=dtype))
     fns: dict[str, Callable[[], Any]] = {}
     for p in patterns:
         if static:

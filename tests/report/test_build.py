@@ -198,19 +198,23 @@ def test_accuracy_split_across_two_processes_equals_one_process(monkeypatch):
 
     ds = CountingDataset(21)  # odd: the last batch is padded on one process, and the padding dropped
 
-    def results(accelerator=None):
+    def results(accelerator=None, max_images=None):
+        """Every pattern, through the pattern tree, on all images or on ``max_images`` evenly spaced ones."""
         loader = torch.utils.data.DataLoader(ds, batch_size=4)
+        net = tiny_net()
         return {p: (r.examples, r.acc1, r.acc5, r.agreement, pytest.approx(r.kl_to_super, rel=1e-5))
-                for p, r in evaluate_patterns(tiny_net(), ["super", "base"], loader, agreement=True,
-                                              accelerator=accelerator, progress=False).items()}
+                for p, r in evaluate_patterns(net, net.patterns(), loader, agreement=True, accelerator=accelerator,
+                                              max_images=max_images, progress=False).items()}
 
-    expected = results()
+    expected, capped = results(), results(max_images=11)
+    assert expected["FFFF"][0] == 21 and capped["FFFF"][0] == 11
 
     def worker():
         accelerator = Accelerator(cpu=True)
         torch.set_num_threads(1)  # OpenMP threads in a forked child hang: after Accelerator, which sets them
         assert accelerator.num_processes == 2
         assert results(accelerator) == expected
+        assert results(accelerator, max_images=11) == capped
 
     AcceleratorState._reset_state(reset_partial_state=True)  # forked workers must not inherit the 1-process state
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
