@@ -115,11 +115,13 @@ def _evaluate(session: Session, progress: TrainProgress, phase: str | None = Non
     devices = [acc.device] if acc.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):  # loader iterators draw seeds: keep training's RNG untouched
         for prefix, net in _eval_nets(session).items():
-            found = evaluate_patterns(net, patterns, session.eval_loader, labels=labelled, agreement=closeness,
-                                      accelerator=acc, progress=False)
+            with progress.evaluating(f"evaluating {prefix}{', '.join(patterns)}") as shown:
+                found = evaluate_patterns(net, patterns, session.eval_loader, labels=labelled, agreement=closeness,
+                                          accelerator=acc, max_images=session.config["eval_images"], progress=shown)
             result.update({prefix + p: {"acc1": a.acc1, "agreement": a.agreement, "kl_to_super": a.kl_to_super}
                            for p, a in found.items()})
-    record = {"kind": "eval", "epoch": state.epoch, "step": state.step, "acc1": {k: v["acc1"] for k, v in result.items()}}
+    record = {"kind": "eval", "epoch": state.epoch, "step": state.step, "images": next(iter(found.values())).examples,
+              "acc1": {k: v["acc1"] for k, v in result.items()}}
     if phase:
         record["phase"] = phase
     if closeness:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from typing import Any
+from typing import Any, Callable, Iterator
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -88,3 +89,17 @@ class TrainProgress:
     def print(self, message: str) -> None:
         if self.enabled:
             console.print(message, highlight=False)
+
+    @contextlib.contextmanager
+    def evaluating(self, description: str) -> Iterator[Callable[[int, int | None], None]]:
+        """A second line on the bar while an evaluation runs; yields ``update(done, total)`` (batches), the
+        ``progress`` of :func:`adnify.report.evaluate.evaluate_patterns`."""
+        if self._bar is None:
+            yield lambda done, total: None
+            return
+        bar = self._bar
+        task = bar.add_task(description, total=None, stats="")
+        try:
+            yield lambda done, total: bar.update(task, completed=done, total=total)
+        finally:
+            bar.remove_task(task)

@@ -159,6 +159,8 @@ SCHEMA: dict[str, _Key] = {
                            "every log line (one extra backward per term on those steps)"),
     "eval_every_epochs": _Key(1, int, "epochs between evaluations; 0 = never (the final model is still saved)",
                               **_NONNEG),
+    "eval_images": _Key(None, int, "validation images each evaluation scores, evenly spaced over the split (the "
+                        "same ones every time); null = all", nullable=True, **_ONE_UP),
     "eval_before_training": _Key(False, bool, "also evaluate before the first step (epoch 0: the converted model)"),
     "checkpoint_every_steps": _Key(None, int, "extra checkpoint every N steps; null = at epoch ends only",
                                    nullable=True, **_ONE_UP),

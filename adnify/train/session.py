@@ -140,6 +140,8 @@ def _fit_labels(data: ImageData, net: AdaptiveNet, labels: bool, notes: list[str
         return
     try:
         check_labels(data, size)
+        if not labels and data.num_classes not in (None, size):  # in range, but not the head's classes: not scored
+            raise AdnifyError(f"{data.num_classes} classes for a head of {size}")
     except AdnifyError:
         if labels:
             raise
