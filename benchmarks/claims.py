@@ -10,6 +10,7 @@ Every variant is a real ``adnify.train.train`` run with the same model, recipe, 
   the pretrained network and naive dropping from it);
 - ``shared_norms``, ``no_distill``, ``logit_only``: the paper's Table 4 ablations (``logit_only`` is the
   default loss since 0.2: it only differs from ``adn`` under an older recipe);
+- ``no_base_labels``: ADN without the base-net's own label term (``base_label_weight: 0``);
 - ``paper``, ``official``: ADN trained with ``loss_preset: paper`` (Algorithm 1 as written, dense feature KL,
   alpha 0.5: adnify's default before 0.2) and ``loss_preset: official`` (wchkang/depth's classification loss).
 
@@ -47,10 +48,11 @@ from adnify.io.files import atomic_write_text
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parent.parent / "shared" / "data"
 
-VARIANTS = ("adn", "super", "base", "naive", "start", "shared_norms", "no_distill", "logit_only", "paper", "official")
+VARIANTS = ("adn", "super", "base", "naive", "start", "shared_norms", "no_distill", "logit_only", "paper", "official",
+            "no_base_labels")
 ABLATIONS = {"shared_norms": {"shared_norms": True}, "no_distill": {"distill": False},
              "logit_only": {"feature_kd": "none"}, "paper": {"loss_preset": "paper"},
-             "official": {"loss_preset": "official"}}
+             "official": {"loss_preset": "official"}, "no_base_labels": {"base_label_weight": 0.0}}
 
 # A CIFAR-sized ResNet-18 (4 stages of 2 basic blocks: 1 mandatory + 1 skippable each), from scratch.
 CIFAR_MODEL = dict(name="resnet18", convert=dict(channels=(32, 64, 128, 256), num_classes=10))
@@ -240,7 +242,8 @@ def plot(path: Path, summary: dict[str, Any], study: dict[str, Any]) -> None:
         naive = summary["naive"]
         ax.plot([naive["macs"][p] / 1e9 for p in naive["top1"]], list(naive["top1"].values()), ".", color="tab:red",
                 alpha=0.5, ms=4, label="naive, every pattern")
-    markers = {"super": "s", "base": "D", "naive": "x", "start": "*", "shared_norms": "^", "no_distill": "v", "logit_only": "P"}
+    markers = {"super": "s", "base": "D", "naive": "x", "start": "*", "shared_norms": "^", "no_distill": "v",
+               "logit_only": "P", "paper": "<", "official": ">", "no_base_labels": "h"}
     for name, marker in markers.items():
         if name not in summary:
             continue

@@ -211,13 +211,14 @@ def test_wheel_ships_recipes(tmp_path):
 
 # -- the loss keys (issue 28) ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["resnet", "mobilenet", "deit", "vit", "swin"])
+@pytest.mark.parametrize("name", ["resnet", "mobilenet", "deit", "vit", "swin", "finetune-labels"])
 def test_classification_recipes_train_with_the_measured_loss_by_default(name):
-    """Full label term, logit distillation only (docs/training.md): no user has to know about alpha."""
+    """Full label terms for both ends, logit distillation, no feature term (docs/training.md): no user has to
+    know about alpha."""
     config = load_recipe(name)
     assert config["loss_preset"] is None and config["alpha"] is None
-    assert (config["label_weight"], config["distill_weight"], config["feature_kd"], config["logit_kd"]) == (
-        1.0, 1.0, "none", True)
+    assert (config["label_weight"], config["base_label_weight"], config["distill_weight"], config["feature_kd"],
+            config["logit_kd"]) == (1.0, 1.0, 1.0, "none", True)
 
 
 def test_the_paper_and_the_official_loss_are_one_named_override_away():
