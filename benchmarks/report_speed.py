@@ -6,6 +6,8 @@
     and the MACs ratio of one pass per pattern (what evaluation cost before the tree). Target: measured
     within 1.15x of the MACs-ideal. Also the evaluation pass's images/s (super-net alone) beside the
     bare timm model's forward at the same batch and layout.
+(layout) The evaluation of all sub-networks with the images in NCHW or channels-last, in forward passes
+    of the whole batch, 4 or 16 images: the evidence for :func:`adnify.report.layout.fastest_layout`.
 (macs) A ``--patterns all --metrics params,macs`` report of resnet50 (16 sub-networks) against one
     MACs count of the plain timm model, and against counting every static export in turn.
     Target: under 3x one count.
@@ -17,6 +19,8 @@ Run::
 
     python benchmarks/report_speed.py                         # (tree), one thread
     python benchmarks/report_speed.py --models resnet50 --batch-size 8 --repeats 2
+    python benchmarks/report_speed.py --models tf_efficientnet_lite0 --per-pattern   # also as before the tree
+    python benchmarks/report_speed.py --part layout --repeats 1
     python benchmarks/report_speed.py --part accuracy --limit 48
     python benchmarks/report_speed.py --part macs
 
@@ -46,7 +50,7 @@ from adnify.conversion.plan import parse_pattern
 from adnify.report import build_report
 from adnify.report.costs import count_macs, pattern_costs
 from adnify.report.evaluate import evaluate_patterns, make_accelerator
-from adnify.report.layout import fastest_layout
+from adnify.report.layout import CPU_FORWARD_BATCH, Layout, fastest_layout
 from adnify.report.pattern_tree import PatternTree
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "imagenet-sample"
@@ -74,7 +78,7 @@ def _flops(fn) -> int:
     return counter.get_total_flops()
 
 
-def tree_part(models: list[str], batch_size: int, repeats: int) -> None:
+def tree_part(models: list[str], batch_size: int, repeats: int, per_pattern: bool) -> None:
     print(f"(tree) evaluation pass of all sub-networks / of the super-net alone; {batch_size} random images at the "
           f"model's input size, median of {repeats} interleaved rounds, {torch.get_num_threads()} thread(s)")
     header = (f"    {'model':24s} {'N':>2s} {'one pass each (MACs)':>20s} {'tree (MACs)':>11s} {'measured CPU':>12s} "
@@ -95,21 +99,44 @@ def tree_part(models: list[str], batch_size: int, repeats: int) -> None:
         ideal = _flops(lambda: tree.run(one, flags)) / super_flops
         separate = sum(c.macs for c in pattern_costs(net, net.patterns())) / (super_flops / 2)
 
-        def evaluate(patterns: list[str]) -> None:
-            evaluate_patterns(net, patterns, batch, accelerator=accelerator, layout=layout, progress=False)
+        def evaluate(patterns: list[str], tree: bool = True) -> None:
+            evaluate_patterns(net, patterns, batch, accelerator=accelerator, layout=layout, progress=False, tree=tree)
 
         def forward_bare() -> None:
             with torch.no_grad():
                 for chunk in layout.split(x):
                     bare(layout.apply(chunk))
 
-        times = interleaved({"super": lambda: evaluate(["super"]), "all": lambda: evaluate(net.patterns()),
-                             "bare": forward_bare}, repeats)
+        fns = {"super": lambda: evaluate(["super"]), "all": lambda: evaluate(net.patterns()), "bare": forward_bare}
+        if per_pattern:
+            fns["each"] = lambda: evaluate(net.patterns(), tree=False)
+        times = interleaved(fns, repeats)
         (w1, c1), (wa, ca), (wb, cb) = times["super"], times["all"], times["bare"]
+        each = f"   one pass each, measured: {times['each'][1] / c1:.2f}x CPU" if per_pattern else ""
         print(f"    {name:24s} {net.num_stages:2d} {separate:19.2f}x {ideal:10.2f}x {ca / c1:11.2f}x {wa / w1:6.2f}x "
-              f"{ca / c1 / ideal:13.3f}x | {batch_size / c1:10.1f} {batch_size / cb:10.1f}  {layout.describe()}",
+              f"{ca / c1 / ideal:13.3f}x | {batch_size / c1:10.1f} {batch_size / cb:10.1f}  {layout.describe()}{each}",
               flush=True)
-    print("    (target: measured/ideal <= 1.15; img/s from CPU time)")
+    print("    (target: measured/ideal <= 1.15; img/s from CPU time: the evaluation pass of the super-net alone and "
+          "the bare timm model's forward, same images, layout and passes)")
+
+
+def layout_part(models: list[str], batch_size: int, repeats: int) -> None:
+    """Evaluation of all patterns in each memory format and forward batch: the evidence for fastest_layout."""
+    variants = {f"{fmt}, {'all' if fb is None else fb} a pass": Layout(fmt, fb)
+                for fmt in ("contiguous", "channels_last") for fb in (None, 4, CPU_FORWARD_BATCH)}
+    print(f"(layout) all sub-networks through the pattern tree, {batch_size} random images, sub-network images/s "
+          f"(CPU time), median of {repeats} interleaved rounds, {torch.get_num_threads()} thread(s)")
+    print(f"    {'model':24s} " + " ".join(f"{k:>22s}" for k in variants) + "   default")
+    accelerator = make_accelerator("cpu")
+    for name in models:
+        net = adnify.convert(name).eval()
+        batch = [(torch.randn(batch_size, *net.input_size()), torch.zeros(batch_size, dtype=torch.long))]
+        times = interleaved({k: lambda layout=layout: evaluate_patterns(
+            net, net.patterns(), batch, accelerator=accelerator, layout=layout, progress=False)
+            for k, layout in variants.items()}, repeats)
+        rates = [batch_size * len(net.patterns()) / times[k][1] for k in variants]
+        print(f"    {name:24s} " + " ".join(f"{r:22.1f}" for r in rates) + f"   {fastest_layout(net, 'cpu').describe()}",
+              flush=True)
 
 
 def macs_part(repeats: int) -> None:
@@ -165,16 +192,22 @@ def accuracy_part(limit: int | None, repeats: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--part", choices=("tree", "macs", "accuracy", "all"), default="tree")
-    parser.add_argument("--models", default=",".join(MODELS), help="part (tree): comma-separated timm names")
-    parser.add_argument("--batch-size", type=int, default=16, help="part (tree): images per evaluated batch")
+    parser.add_argument("--part", choices=("tree", "layout", "macs", "accuracy", "all"), default="tree")
+    parser.add_argument("--models", default=",".join(MODELS), help="parts (tree), (layout): comma-separated timm names")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="parts (tree), (layout): images per evaluated batch (default 16, 32)")
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds")
+    parser.add_argument("--per-pattern", action="store_true",
+                        help="part (tree): also time one pass per pattern (evaluation before the tree; slow)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of parts (tree) and (macs)")
     parser.add_argument("--limit", type=int, default=None, help="part (accuracy): the first N images (default: all)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
     if args.part in ("tree", "all"):
-        tree_part([m.strip() for m in args.models.split(",") if m.strip()], args.batch_size, args.repeats)
+        tree_part(models, args.batch_size or 16, args.repeats, args.per_pattern)
+    if args.part in ("layout", "all"):
+        layout_part(models, args.batch_size or 32, args.repeats)
     if args.part in ("macs", "all"):
         macs_part(args.repeats)
     if args.part in ("accuracy", "all"):

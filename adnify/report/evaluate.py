@@ -99,6 +99,7 @@ def evaluate_patterns(
     max_images: int | None = None,
     progress: bool | Callable[[int, int | None], Any] = True,
     record: dict[str, Any] | None = None,
+    tree: bool = True,
 ) -> dict[str, Accuracy]:
     """Top-1/top-5 accuracy (and agreement) of every pattern, in one pass over ``loader``.
 
@@ -125,6 +126,7 @@ def evaluate_patterns(
             ``progress(done_batches, total_batches)`` (e.g. the training bar), or False.
         record: a dict to fill with how the pass ran (the report shows it): ``evaluation`` (pattern
             tree or one pass per pattern, with the reason), ``memory_format``, ``forward_batch``.
+        tree: False runs each pattern in turn, as before the pattern tree (for comparisons).
 
     Returns:
         pattern (normalised, e.g. ``"FFFF"``) -> :class:`Accuracy`, in the order given.
@@ -146,7 +148,7 @@ def evaluate_patterns(
     net.eval().to(accelerator.device)
     if dtype is not None:
         net.to(dtype)
-    forward = _Forward(net, run, layout)
+    forward = _Forward(net, run, layout, tree)
     hits = torch.zeros(3, len(pats), dtype=torch.long)  # top-1, top-5, agreement
     kl_sum = torch.zeros(len(pats), dtype=torch.float64)
     seen = labelled = 0
@@ -199,12 +201,12 @@ def evaluate_patterns(
 class _Forward:
     """The logits of every pattern of ``run`` on a batch: through the pattern tree, else one pattern at a time."""
 
-    def __init__(self, net: AdaptiveNet, run: list[str], layout: Layout) -> None:
+    def __init__(self, net: AdaptiveNet, run: list[str], layout: Layout, tree: bool) -> None:
         self.net, self.run, self.layout = net, run, layout
         self.flags = [parse_pattern(p, net.num_stages) for p in run]
         self.tree: PatternTree | None = None
-        self.note: str | None = None
-        if len(run) > 1:  # one pattern is a plain forward pass
+        self.note: str | None = None if tree else "asked for"
+        if len(run) > 1 and tree:  # one pattern is a plain forward pass
             try:
                 self.tree = PatternTree.build(net)
             except TreeUnavailable as e:

@@ -1,17 +1,20 @@
 """The memory layout and forward batch that evaluation and latency runs use on a device.
 
-Measured on one CPU thread (issue 27; ``benchmarks/report_speed.py`` prints the current figures):
-the bare timm Lite0 forward at 224 px runs at 11 images/s in NCHW at batch 64 and 20 in channels-last;
-ResNet-50 gains less, a ViT nothing (its activations are tokens). So a convolutional network (every
-adaptive stage's channels in dim 1) gets its images in channels-last on every device, where PyTorch's
-convolutions then run channels-last too (the weights keep their layout: they are reordered per call,
-which measured no slower than converting them, and a training run's weights stay as they are).
+Measured with ``python benchmarks/report_speed.py --part layout`` (one thread of a busy 2-core CPU;
+all patterns through the pattern tree, 32 images, CPU time), in sub-network images/s::
 
-On the CPU a long batch is also cut into forward passes of at most :data:`CPU_FORWARD_BATCH` images:
-the activations of a few images stay in the caches, which measured no slower for ResNet-50 and up to
-1.6x faster for Lite0 than a batch of 32 to 64. Results differ from today's NCHW batch only by float
-rounding. The choice is a fixed, tested rule rather than a measurement per run, so a run's figures
-repeat exactly on one machine.
+    images enter as          NCHW, 32   NCHW, 16 a pass   channels-last, 32   channels-last, 16 a pass
+    tf_efficientnet_lite0    195        271               322                 352
+    resnet50                 45         56                63                  69
+    vit_small_patch16_224    27         30                28                  30
+
+So a convolutional network (every adaptive stage's channels in dim 1) gets its images in channels-last
+on every device, where PyTorch's convolutions then run channels-last too (the weights keep their
+layout: converting them measured no faster, and a training run's weights stay as they are), and on
+the CPU a batch is cut into forward passes of at most :data:`CPU_FORWARD_BATCH` images, which keeps
+their activations in the caches (4 per pass measured slower, through the pattern tree's overhead).
+Results differ from the NCHW batch only by float rounding. The choice is a fixed, tested rule rather
+than a measurement per run, so a run's figures repeat exactly on one machine.
 """
 
 from __future__ import annotations

@@ -84,7 +84,7 @@ def test_all_patterns_run_each_stage_once_per_distinct_prefix():
     assert runs == [2, 4, 8, 16]  # not 16 at every stage
 
 
-def test_evaluation_through_the_tree_equals_one_pass_per_pattern(monkeypatch):
+def test_evaluation_through_the_tree_equals_one_pass_per_pattern():
     net = distinct_net("swin")
     g = torch.Generator().manual_seed(3)
     data = torch.utils.data.TensorDataset(torch.randn(10, *net.input_size(), generator=g), torch.randint(0, 10, (10,), generator=g))
@@ -93,15 +93,8 @@ def test_evaluation_through_the_tree_equals_one_pass_per_pattern(monkeypatch):
     record: dict = {}
     tree = evaluate_patterns(net, wanted, loader, agreement=True, progress=False, record=record)
     assert record["evaluation"].startswith("pattern tree")
-
-    def unavailable(_net):
-        raise TreeUnavailable("told so by the test")
-
-    monkeypatch.setattr(PatternTree, "build", unavailable)
-    fallback: dict = {}
-    with pytest.warns(RuntimeWarning, match="told so by the test"):
-        separate = evaluate_patterns(net, wanted, loader, agreement=True, progress=False, record=fallback)
-    assert fallback["evaluation"] == "one pass per pattern (told so by the test)"
+    separate = evaluate_patterns(net, wanted, loader, agreement=True, progress=False, record=record, tree=False)
+    assert record["evaluation"] == "one pass per pattern (asked for)"
     assert tree == separate  # every count and KL sum identical
     assert len({r.kl_to_super for r in tree.values()}) == len(wanted)
 
