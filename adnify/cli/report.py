@@ -118,7 +118,7 @@ def report(
 
         adnify report runs/r50 --patterns super,base,TFFF --data ./imagenet --split validation --plot pareto.png
 
-        adnify report lite0-adn --data ../shared/data/imagenet-sample --format json -o report.json
+        adnify report lite0-adn --data ./imagenet-sample --format json -o report.json
 
         adnify report runs/lite0/start --data runs/lite0 -p super,base   # before training, on the run's split
 

@@ -65,7 +65,7 @@ def test_paper_numbers():
     assert resnet["sched"] == "multistep" and resnet["decay_milestones"] == (60, 100, 140)
     assert resolve_lr(swin, 1024) == pytest.approx(1e-3)
     assert (swin["weight_decay"], swin["epochs"], swin["drop_path"]) == (0.05, 300, 0.2)
-    # finetune: what kept the super-net and lifted the base-net on 40,400 photos (docs/finetune.md, sixth round)
+    # finetune: what kept the super-net and lifted the base-net on 40,400 photos (docs/finetune.md)
     assert (ft["labels"], ft["freeze_bn_stats"], ft["train_params"]) == ("none", True, "skip_norms")
     assert (ft["feature_kd"], ft["logit_kd"], ft["kd_weight_pre_logits"], ft["im_weight"]) == ("none", False, 0.0, 1.0)
     assert (ft["calibrate_skip_norms"], ft["mixup"], ft["cutmix"], ft["epochs"], ft["epoch_images"]) == (

@@ -207,7 +207,7 @@ def test_non_finite_weights_are_never_checkpointed_the_last_good_one_is_kept(mod
 
 
 @pytest.mark.parametrize("overrides, terms", [
-    ({}, {"ce", "logit_kd"}),
+    ({}, {"ce", "base_ce", "logit_kd"}),
     ({"loss_preset": "paper"}, {"ce", "feature_kd", "logit_kd"}),
     ({"loss_preset": "paper", "order": "sequential"}, {"ce", "feature_kd", "logit_kd"}),
     ({"feature_kd": "pooled", "base_label_weight": 0.5}, {"ce", "base_ce", "feature_kd", "logit_kd"}),
