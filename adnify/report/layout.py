@@ -4,9 +4,9 @@ Measured with ``python benchmarks/report_speed.py --part layout`` (one thread of
 all patterns through the pattern tree, 32 images, CPU time), in sub-network images/s::
 
     images enter as          NCHW, 32   NCHW, 16 a pass   channels-last, 32   channels-last, 16 a pass
-    tf_efficientnet_lite0    195        271               322                 352
-    resnet50                 45         56                63                  69
-    vit_small_patch16_224    27         30                28                  30
+    tf_efficientnet_lite0    208        292               326                 399
+    resnet50                 48         58                57                  68
+    vit_small_patch16_224    27         30                28                  31
 
 So a convolutional network (every adaptive stage's channels in dim 1) gets its images in channels-last
 on every device, where PyTorch's convolutions then run channels-last too (the weights keep their
