@@ -5,41 +5,27 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import datasets
-import huggingface_hub.constants
 import pytest
 import torch
 
 import adnify
-from adnify.io.data import load_image_data
 from adnify.report.evaluate import evaluate_patterns
 from adnify.train import train
 from adnify.train.progress import TrainProgress
 
 TINY = dict(channels=(8, 16, 32, 64), stem_width=8, zero_init_last=False)
+
 FAST = dict(epochs=1, batch_size=8, lr=0.02, workers=0, input_size=(3, 32, 32), log_interval=1, warmup_epochs=0,
             amp=False, epoch_images=8)  # one step
 
 
-@pytest.fixture(autouse=True)
-def one_thread_offline(tmp_path_factory, monkeypatch):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path_factory.mktemp("hf-cache"))
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("offline_one_thread")
 
 
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory) -> Path:
+def digits(save_digits) -> Path:
     """16 training and 20 validation digits (10 classes)."""
-    data = load_image_data("builtin:digits")
-    path = tmp_path_factory.mktemp("data") / "digits"
-    datasets.DatasetDict(train=data.train.select(range(16)), validation=data.validation.select(range(20))) \
-        .save_to_disk(str(path))
-    return path
+    return save_digits(16, 20)
 
 
 def model(tmp_path: Path, num_classes: int) -> Path:

@@ -6,13 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import datasets
 import pytest
-import torch
 
-import adnify
 from adnify.errors import AdnifyError
-from adnify.io.data import load_image_data
 from adnify.train import train
 from adnify.train.recipe_schema import SCHEMA
 from adnify.train.recipes import load_recipe
@@ -21,27 +17,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 NUMERIC = sorted(k for k, spec in SCHEMA.items() if spec.type in (int, float))
 VALUES = (0, -1, 10**9)
-TINY = dict(channels=(8, 16, 32, 64), stem_width=8, num_classes=10, zero_init_last=False)
 # 16 training images in batches of 8: 2 steps per epoch, one of which runs.
 FAST = dict(epochs=1, batch_size=8, lr=0.02, workers=0, input_size=(3, 32, 32), log_interval=1, warmup_epochs=0,
             amp=False, eval_every_epochs=1)
 
 
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory) -> Path:
-    data = load_image_data("builtin:digits")
-    path = tmp_path_factory.mktemp("data") / "digits"
-    datasets.DatasetDict(train=data.train.select(range(16)), validation=data.validation.select(range(8))) \
-        .save_to_disk(str(path))
-    return path
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("models") / "tiny-adn"
-    adnify.convert("resnet18", **TINY).save(str(path))
-    return path
+def digits(save_digits) -> Path:
+    return save_digits(16, 8)
 
 
 def test_the_sweep_covers_every_numeric_key():
@@ -49,7 +32,7 @@ def test_the_sweep_covers_every_numeric_key():
 
 
 @pytest.mark.parametrize("key", NUMERIC)
-def test_a_numeric_key_at_0_minus_1_and_a_billion_trains_or_stops_before_the_first_step(key, model_dir, digits,
+def test_a_numeric_key_at_0_minus_1_and_a_billion_trains_or_stops_before_the_first_step(key, tiny_adn_dir, digits,
                                                                                       tmp_path):
     for value in VALUES:
         out = tmp_path / f"{key}={value}"
@@ -60,7 +43,7 @@ def test_a_numeric_key_at_0_minus_1_and_a_billion_trains_or_stops_before_the_fir
             assert "\n" not in str(err) and key in str(err), (value, str(err))
             continue
         try:
-            result = train(str(model_dir), data=str(digits), output=out, recipe="resnet", overrides=overrides,
+            result = train(str(tiny_adn_dir), data=str(digits), output=out, recipe="resnet", overrides=overrides,
                            max_steps=1, progress=False)
         except AdnifyError as err:
             assert "\n" not in str(err), (value, str(err))

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import datasets
-import huggingface_hub.constants
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -31,33 +30,18 @@ FAST = dict(epochs=1, batch_size=8, lr=0.02, workers=0, input_size=(3, 32, 32), 
             warmup_epochs=0, amp=False)
 
 
-@pytest.fixture(autouse=True)
-def one_thread_offline(tmp_path_factory, monkeypatch):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small convolutions on a shared CPU are fastest on one thread
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path_factory.mktemp("hf-cache"))
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("offline_one_thread")
 
 
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory) -> Path:
-    """A save_to_disk folder: 48 training and 16 validation digits (real images, 10 classes)."""
-    data = load_image_data("builtin:digits")
-    path = tmp_path_factory.mktemp("data") / "digits"
-    datasets.DatasetDict(train=data.train.select(range(48)), validation=data.validation.select(range(16))) \
-        .save_to_disk(str(path))
-    return path
+def digits(save_digits) -> Path:
+    """48 training and 16 validation digits."""
+    return save_digits(48, 16)
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("models") / "tiny-adn"
-    adnify.convert("resnet18", **TINY).save(str(path))
-    return path
+def model_dir(tiny_adn_dir) -> Path:
+    return tiny_adn_dir
 
 
 def run(model_dir, digits, out, **kwargs):
