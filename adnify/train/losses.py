@@ -98,15 +98,11 @@ class LossConfig:
         )
 
     @property
-    def distils(self) -> bool:
-        """Whether any term distils the super-net into the base-net."""
+    def reads_super(self) -> bool:
+        """Whether any term distils the super-net into the base-net, so the base-net's loss needs the
+        super-net's outputs (False: e.g. IM alone)."""
         return self.distill and self.distill_weight > 0 and (
             self.feature_kd != "none" or self.logit_kd or self.kd_weight_pre_logits > 0)
-
-    @property
-    def reads_super(self) -> bool:
-        """Whether the base-net's loss needs the super-net's outputs (False: e.g. IM alone)."""
-        return self.distils
 
     @property
     def base_supervised_weight(self) -> float:
@@ -119,7 +115,7 @@ class LossConfig:
     @property
     def trains_base(self) -> bool:
         """Whether any term reaches the base-net (else :func:`base_loss` raises)."""
-        return self.base_supervised_weight > 0 or self.distils or self.teacher_weight > 0 or self.im_weight > 0
+        return self.base_supervised_weight > 0 or self.reads_super or self.teacher_weight > 0 or self.im_weight > 0
 
     def stage_indices(self) -> list[int]:
         """0-based indices of the stages the feature term reads."""
@@ -291,7 +287,7 @@ def base_loss(
     if cfg.base_supervised_weight > 0:
         terms["base_ce"] = (cfg.base_supervised_weight,
                             _supervised(base_logits, target, criterion, teacher_logits, cfg))
-    if cfg.distils:
+    if cfg.reads_super:
         w = cfg.distill_weight * kd_scale
         if cfg.feature_kd != "none":
             terms["feature_kd"] = (w * cfg.kd_weight_features, _feature_term(base_feats, super_feats, cfg))
