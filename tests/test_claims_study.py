@@ -109,3 +109,96 @@ def test_bad_lr_factors_are_one_line(claims, monkeypatch, tmp_path, capsys):
     with pytest.raises(SystemExit):
         run(claims, monkeypatch, "-o", str(tmp_path / "out"), "--data-root", str(tmp_path), "--lr-factors", "1,-2")
     assert "--lr-factors must be positive" in capsys.readouterr().err
+
+
+def test_the_middle_is_measured_by_order_violations_and_the_worst_sub_network(claims):
+    """A sub-network that runs every block of another should not score more than the tolerance below it."""
+    top1 = {"FF": 60.0, "TF": 57.0, "FT": 58.5, "TT": 58.2}
+    mid = claims.middle_figures(top1, tolerance=1.0)
+    # TF runs every block of TT but scores 1.2 below it; FF is above everything; FT is 0.3 above TT.
+    assert mid["violations"] == 1 and mid["worst_violations"] == [["TF", "TT", 1.2]]
+    assert mid["worst"] == "TF" and mid["worst_vs_base"] == -1.2
+    assert claims.middle_figures(top1, tolerance=1.5)["violations"] == 0
+    assert claims.middle_figures({"FF": 60.0, "TT": 58.0}) is None  # the ends alone have no middle
+    assert claims.runs_every_block_of("FFT", "TFT") and not claims.runs_every_block_of("FTF", "TFT")
+
+
+def test_a_tolerance_or_patterns_the_study_cannot_score_are_one_line(claims, monkeypatch, tmp_path, capsys):
+    (tmp_path / "cifar10").mkdir()
+    for args, words in ((["--tolerance", "-1"], ["--tolerance", "0 or more"]),
+                        (["--patterns", "FFFF,TFT"], ["--patterns", "TFT", "4 letters"]),
+                        (["--patterns", "FFXF"], ["FFXF", "F (run the stage in full)"])):
+        with pytest.raises(SystemExit) as e:
+            run(claims, monkeypatch, "-o", str(tmp_path / "out"), "--data-root", str(tmp_path), *args)
+        assert e.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and all(w in err for w in words), err
+    assert claims.check_patterns("TFFT", 4) == "TFFT,FFFF,TTTT"  # the ends are always scored
+
+
+def tiny_cifar(root: Path, n: int = 48) -> None:
+    """A CIFAR-10-shaped folder in the Hub layout (parquet): n training and n test images of 32 px."""
+    import datasets
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        labels = [i % 10 for i in range(n)]
+        images = [Image.fromarray((rng.random((32, 32, 3)) * 80 + 20 * (y % 5)).astype("uint8")) for y in labels]
+        ds = datasets.Dataset.from_dict({"image": images, "label": labels},
+                                        features=datasets.Features({"image": datasets.Image(),
+                                                                    "label": datasets.ClassLabel(num_classes=10)}))
+        (root / "cifar10" / "data").mkdir(parents=True, exist_ok=True)
+        ds.to_parquet(str(root / "cifar10" / "data" / f"{split}-00000-of-00001.parquet"))
+
+
+def test_every_variant_of_the_quick_study_trains_and_is_scored(claims, monkeypatch, tmp_path, capsys):
+    """`claims.py --quick` with no --variants: every variant runs (a step or two here) and has its figures."""
+    import torch
+
+    tiny_cifar(tmp_path / "data")
+    quick = claims.SETTINGS["cifar10-quick"]
+    small = {**quick, "train_images": 32, "test_images": 16,
+             "model": dict(name="resnet18", convert=dict(channels=(8, 16, 32, 64), stem_width=8, num_classes=10)),
+             "overrides": {**quick["overrides"], "epochs": 1, "batch_size": 16, "workers": 0, "warmup_epochs": 0,
+                           "log_interval": 1}}
+    monkeypatch.setitem(claims.SETTINGS, "cifar10-quick", small)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run(claims, monkeypatch, "--quick", "-o", str(tmp_path / "out"), "--data-root", str(tmp_path / "data"))
+    finally:
+        torch.set_num_threads(threads)
+    doc = json.loads((tmp_path / "out" / "claims.json").read_text())
+    trained = [v for v in claims.VARIANTS if v != "start"]  # start: pretrained settings only
+    assert set(doc["_runs"]) == {f"{v}@0" for v in trained}
+    for v in trained:
+        if v in ("super", "base"):
+            assert doc[v]["middle"] is None
+        else:
+            assert len(doc[v]["top1"]) == 16 and doc[v]["middle"]["worst"] in doc[v]["top1"]
+    assert "violations > 1 pt" in (tmp_path / "out" / "claims.md").read_text()
+
+
+def test_a_swin_input_size_its_window_does_not_fit_is_one_line(claims, monkeypatch, tmp_path, capsys):
+    (tmp_path / "cifar10").mkdir()
+    with pytest.raises(SystemExit) as e:
+        run(claims, monkeypatch, "--setting", "swin-quick", "--set", "input_size=[3,24,24]", "-o", str(tmp_path / "o"),
+            "--data-root", str(tmp_path))
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "24 px" in err and "window of 4" in err and "input_size=[3,32,32]" in err
+
+
+def test_a_cached_pretraining_made_with_other_settings_is_not_reused(claims, monkeypatch, tmp_path, capsys):
+    (tmp_path / "cifar10").mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "pretrain.json").write_text(json.dumps({"model": "vit_tiny_patch16_224", "epochs": 1}))
+    monkeypatch.setattr(claims, "prepare_data", lambda *a: str(tmp_path / "cifar10"))
+    with pytest.raises(SystemExit) as e:
+        run(claims, monkeypatch, "--setting", "vit-finetune", "-o", str(out), "--data-root", str(tmp_path))
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pretrained with other settings" in err and "pretrain.json" in err

@@ -90,6 +90,12 @@ def plan_stages(
     if isotropic:
         seg = candidates[0]
         n = min(groups, len(seg) // 2)
+        if len(seg) % n:  # uneven groups would silently make stages of different depths
+            fits = [g for g in range(2, len(seg) // 2 + 1) if len(seg) % g == 0]
+            works = (f"groups {', '.join(map(str, fits))} (divisors of {len(seg)})" if fits
+                     else "groups 1 (the trunk as one stage)")
+            raise AdnifyError(f"the model's {len(seg)} blocks do not divide into {groups} groups: use {works}, "
+                              f"or a depth that {groups} divides")
         bounds = [round(i * len(seg) / n) for i in range(n + 1)]
         units = [(seg[a:b], None) for a, b in zip(bounds, bounds[1:])]
     else:

@@ -21,10 +21,13 @@ ever added within a version; a removal or change of meaning bumps ``schema_versi
       "pareto_score": "acc1",               # "acc1" | "agreement" | "depth"
       "rows": [{<row keys above>}, ...],    # sorted by gmacs, largest first
       "pareto": {"gmacs": ["TTTT", ...],    # patterns on each front, cheapest first
-                 "latency_ms": [...]}       # empty when latency was not measured
+                 "latency_ms": [...]},      # empty when latency was not measured
+      "beaten_by": {"FFFT": {"pattern": "TTTT", "margin": 2.1}}   # dominated sub-networks (added in 0.3):
+                                            # the best cheaper one (GMACs) and its lead in the score
     }
 
-The Pareto fronts are those of :func:`adnify.report.selection.pareto_front`.
+The Pareto fronts are those of :func:`adnify.report.selection.pareto_front`, the dominated
+sub-networks those of :func:`adnify.report.selection.beaten_by`.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from rich.table import Table
 
 from ..errors import AdnifyError
 from ..io.files import atomic_write_bytes, atomic_write_text, check_writable
-from .selection import Row, default_score, has_metric, pareto_front, score_value, short_number
+from .selection import Row, beaten_by, default_score, has_metric, pareto_front, score_value, short_number
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -88,8 +91,11 @@ def _columns(rows: list[Row]) -> list[tuple[str, Any]]:
 def _footnote(rows: list[Row]) -> str:
     score = default_score(rows)
     what = "deeper" if score == "depth" else f"higher {_SCORE_LABELS[score]}"
+    beaten = beaten_by(rows, score=score)
     return (f"* Pareto-optimal: no other sub-network has fewer GMACs and {what}. "
-            "GMACs = multiply-accumulates (timm's 'GFLOPs').")
+            + (f"{len(beaten)} of {len(rows)} sub-networks are beaten by a cheaper one (column 'Beaten by'). "
+               if beaten else "")
+            + "GMACs = multiply-accumulates (timm's 'GFLOPs').")
 
 
 def _context_line(context: dict | None) -> str:
@@ -99,7 +105,11 @@ def _context_line(context: dict | None) -> str:
 def render_table(rows: list[Row], *, title: str, context: dict | None = None) -> Table:
     """A rich table sorted by GMACs (largest first), Pareto-optimal rows marked ``*``."""
     front = pareto_front(rows, score=default_score(rows))
+    beaten = beaten_by(rows, score=default_score(rows))
     cols = _columns(rows)
+    if beaten:  # a dominated sub-network: costs more than another and scores lower
+        cols.append(("Beaten by", lambda r: "" if r["pattern"] not in beaten else
+                     f"{beaten[r['pattern']][0]} (+{beaten[r['pattern']][1]:.2f})"))
     caption = "\n".join(filter(None, [_context_line(context), _footnote(rows)]))
     table = Table(title=title, caption=caption, caption_justify="left")
     table.add_column("", width=1)
@@ -132,6 +142,8 @@ def to_json(rows: list[Row], *, context: dict) -> str:
         "pareto_score": score,
         "rows": [_clean_row(r) for r in _sorted(rows)],
         "pareto": {"gmacs": front("gmacs"), "latency_ms": front("latency_ms")},
+        "beaten_by": {p: {"pattern": q, "margin": round(m, 4)} for p, (q, m) in
+                      sorted(beaten_by(rows, score=score).items())},
     }
     return json.dumps(doc, indent=2, default=str) + "\n"
 

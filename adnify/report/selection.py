@@ -12,7 +12,7 @@ from typing import Any, Iterable
 
 from ..errors import AdnifyError
 
-__all__ = ["Row", "default_score", "has_metric", "pareto_front", "score_value", "select_within_budget", "short_number"]
+__all__ = ["Row", "beaten_by", "default_score", "has_metric", "pareto_front", "score_value", "select_within_budget", "short_number"]
 
 Row = dict[str, Any]
 
@@ -47,6 +47,26 @@ def pareto_front(rows: list[Row], *, cost: str = "gmacs", score: str | None = No
         for p, c, s in pts
         if not any(c2 <= c and s2 >= s and (c2 < c or s2 > s) for _, c2, s2 in pts)
     }
+
+
+def beaten_by(rows: list[Row], *, cost: str = "gmacs", score: str | None = None) -> dict[str, tuple[str, float]]:
+    """For each sub-network that a cheaper one beats: ``pattern -> (the best cheaper pattern, its margin)``.
+
+    Only a measured score (``acc1``, ``agreement``) can beat: by depth alone a cheaper sub-network never
+    ranks higher. A dominated sub-network costs more and is worth less; with adaptive depth it shows a
+    sub-network that training left behind.
+    """
+    if score in (None, "depth"):
+        return {}
+    pts = [(r["pattern"], r.get(cost), r.get(score)) for r in rows]
+    pts = [(p, c, s) for p, c, s in pts if c is not None and s is not None]
+    out = {}
+    for p, c, s in pts:
+        better = [(s2, p2) for p2, c2, s2 in pts if c2 < c and s2 > s]
+        if better:
+            s2, p2 = max(better)
+            out[p] = (p2, s2 - s)
+    return out
 
 
 def short_number(x: float) -> str:

@@ -8,7 +8,7 @@ lever of label-free fine-tuning (docs/finetune.md). The super-net never runs a c
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -25,7 +25,8 @@ def skip_norm_batchnorms(net: AdaptiveNet) -> list[nn.modules.batchnorm._BatchNo
 
 
 def calibrate_skip_norms(net: AdaptiveNet, batches: Iterable[Any], *, max_images: int,
-                         device: torch.device | str = "cpu", on_batch: Any = None) -> int:
+                         device: torch.device | str = "cpu", on_batch: Any = None,
+                         patterns: Sequence[str] = ("base",)) -> int:
     """Replace the copies' running statistics by their average over up to ``max_images`` images.
 
     Args:
@@ -34,6 +35,8 @@ def calibrate_skip_norms(net: AdaptiveNet, batches: Iterable[Any], *, max_images
         max_images: how many images to average over.
         device: where the images go.
         on_batch: called with the number of images after each batch (a progress bar).
+        patterns: the sub-networks the copies are estimated under, one per batch in turn (default
+            the base-net): e.g. every pattern, so the statistics fit the mixture a deployed network meets.
 
     Returns:
         The number of images used.
@@ -50,10 +53,10 @@ def calibrate_skip_norms(net: AdaptiveNet, batches: Iterable[Any], *, max_images
             m.reset_running_stats()
             m.momentum = None  # cumulative moving average: every batch weighs the same
             m.train()
-        with torch.no_grad(), net.subnet("base"):
-            for images, _ in batches:
+        with torch.no_grad():
+            for i, (images, _) in enumerate(batches):
                 images = images[: max_images - seen].to(device)
-                net(images)
+                net(images, skip=patterns[i % len(patterns)])
                 seen += images.shape[0]
                 if on_batch is not None:
                     on_batch(images.shape[0])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -151,6 +152,20 @@ def _kd_scale(session: Session) -> float:
     return 1.0 if steps <= 0 else min(1.0, session.state.step / steps)
 
 
+def _second_pattern(session: Session) -> str | None:
+    """The pattern of this step's second pass: the base-net (None), or with probability ``middle_prob`` a
+    sub-network between the ends, drawn from the seed and the step so every process draws the same."""
+    p = session.config["middle_prob"]
+    n = session.net.num_stages
+    if p <= 0 or n < 2:
+        return None
+    rng = random.Random(session.config["seed"] * 1_000_003 + session.state.step)
+    if rng.random() >= p:
+        return None
+    code = rng.randrange(1, 2**n - 1)  # neither all F (the super-net) nor all T (the base-net)
+    return "".join("T" if code >> i & 1 else "F" for i in range(n))
+
+
 def _one_step(session: Session, images: torch.Tensor, labels: torch.Tensor, stop: StopRequest) -> dict[str, float]:
     acc, cfg = session.accelerator, session.config
     if cfg["channels_last"] and images.dim() == 4:
@@ -177,7 +192,8 @@ def _one_step(session: Session, images: torch.Tensor, labels: torch.Tensor, stop
     else:
         parts = adn_step(acc, session.model, images, target, session.loss, order=cfg["order"],
                          criterion=session.criterion, teacher_logits=teacher_logits, original_logits=original_logits,
-                         super_is_teacher=session.super_is_teacher, kd_scale=_kd_scale(session), probe=probe)
+                         super_is_teacher=session.super_is_teacher, kd_scale=_kd_scale(session), probe=probe,
+                         second=_second_pattern(session))
     names = sorted(parts.terms)  # the same on every process: the terms follow the config
     values_local = [parts.total.float()] + [parts.terms[n][1].float() for n in names]
     local = torch.stack([*values_local, torch.tensor(float(stop.requested), device=parts.total.device)])

@@ -147,6 +147,9 @@ SCHEMA: dict[str, _Key] = {
                          "(same gradients); false recomputes them in the base-net pass"),
     "train_params": _Key("all", str, "all, or skip_norms: train only the skip-aware norm copies, so the "
                          "super-net stays exactly the converted model", choices=("all", "skip_norms")),
+    "middle_prob": _Key(0.0, float, "share of steps whose second pass is a random sub-network between the ends "
+                        "instead of the base-net (same cost: two passes a step); 0 = always the base-net",
+                        **_PROB),
     "shared_norms": _Key(False, bool, "one norm copy for both paths (the no-skip-aware-norms ablation)"),
     "labels": _Key("auto", str, "auto: use the dataset's labels; none: the original model is the teacher",
                    choices=("auto", "none")),

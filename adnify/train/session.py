@@ -21,7 +21,7 @@ from .loaders import build_mixup, build_transforms, calibration_loader, train_lo
 from .loop_state import TrainState
 from .networks import frozen_teacher, head_size, open_model, train_only_skip_norms
 from .optim import build_criterion, build_ema, build_optimizer, build_scheduler
-from .recipes import dump_resolved, load_recipe, resolve_lr
+from .recipes import LOSS_PRESETS, dump_resolved, load_recipe, resolve_lr
 from .rundir import RunDir, run_image_data
 from .losses import NO_BASE_TERM
 from .steps import AdnPair, LossConfig
@@ -188,6 +188,10 @@ def _loss_config(config: dict[str, Any], net: AdaptiveNet, info: dict[str, Any])
                               "--checkpoint or a saved model, with its own classifier head); this one starts from "
                               "random weights or a new head: set teacher_weight=0")
     classes = head_size(net)
+    official_topk = LOSS_PRESETS["official"]["kd_topk"]
+    if config["loss_preset"] == "official" and config["kd_topk"] == official_topk and classes and classes < 1000:
+        # The official top-500 is half of ImageNet's 1,000 classes: the preset keeps the top half.
+        config["kd_topk"] = max(1, classes * official_topk // 1000)
     if config["kd_topk"] is not None and classes is not None and config["kd_topk"] > classes:
         raise AdnifyError(f"kd_topk {config['kd_topk']} is above the model's {classes} classes: allowed 1..{classes}, "
                           "or null for every class")

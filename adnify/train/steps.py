@@ -104,7 +104,9 @@ class AdnPair(nn.Module):
             handle.remove()
         return logits, [*feats, seen[-1]]
 
-    def forward(self, x: Tensor, which: str = "both") -> Any:
+    def forward(self, x: Tensor, which: str = "both", second: str | None = None) -> Any:
+        """``second``: the pattern of the base-net pass (default the base-net, ``T...T``), e.g. a
+        sub-network between the ends (``middle_prob``)."""
         if which not in ("both", "super", "base"):
             raise ValueError(f"which must be 'both', 'super' or 'base', not {which!r}")
         outputs = []
@@ -115,7 +117,7 @@ class AdnPair(nn.Module):
             self._prefix.check_reuse(outputs[0])
         if which != "super":
             with self._prefix.replay(x), drop_path_off(self._drop_paths):
-                outputs.append(self._run(x, self.base_pattern))
+                outputs.append(self._run(x, second or self.base_pattern))
         return tuple(outputs) if which == "both" else outputs[0]
 
 
@@ -170,6 +172,7 @@ def adn_step(
     super_is_teacher: bool = False,
     kd_scale: float = 1.0,
     probe: GradProbe | None = None,
+    second: str | None = None,
 ) -> LossParts:
     """Forward and backward of one mini-batch; gradients are left in ``.grad`` for the caller's step.
 
@@ -187,6 +190,8 @@ def adn_step(
             term is zero and no frozen copy has to run.
         kd_scale: the distillation warm-up factor (0..1) for this step.
         probe: when given, each term's gradient norm into the shared weights is measured first.
+        second: the pattern of the second pass (default the base-net): a sub-network between the
+            ends learns from the same terms as the base-net would (``middle_prob``).
     """
     if super_is_teacher and (teacher_logits is not None or target is not None):
         raise ValueError("super_is_teacher is label-free: pass neither target nor teacher_logits")
@@ -194,7 +199,7 @@ def adn_step(
     if super_is_teacher and not loss.reads_super:
         # Nothing reads the frozen super-net (IM on the base-net alone): its pass would be wasted.
         with accelerator.autocast():
-            b_logits, b_feats = model(x, "base")
+            b_logits, b_feats = model(x, "base", second)
             b_feats, b_pre = loss.split(b_feats)
             parts = base_loss(b_logits, b_feats, b_logits.detach(), [], None, loss, base_pre=b_pre,
                               kd_scale=kd_scale, **common)
@@ -204,16 +209,16 @@ def adn_step(
         return _detached(parts)
     if order == "joint":
         with accelerator.autocast():
-            (s_logits, s_feats), (b_logits, b_feats) = model(x)
+            (s_logits, s_feats), (b_logits, b_feats) = model(x, "both", second)
             teacher_logits = s_logits.detach() if super_is_teacher else teacher_logits
             (s_feats, s_pre), (b_feats, b_pre) = loss.split(s_feats), loss.split(b_feats)
             first = super_loss(s_logits, target, loss, teacher_logits=teacher_logits, **common)
-            second = base_loss(b_logits, b_feats, s_logits, s_feats, target, loss, teacher_logits=teacher_logits,
-                               super_pre=s_pre, base_pre=b_pre, kd_scale=kd_scale, **common)
+            rest = base_loss(b_logits, b_feats, s_logits, s_feats, target, loss, teacher_logits=teacher_logits,
+                             super_pre=s_pre, base_pre=b_pre, kd_scale=kd_scale, **common)
         if probe is not None:
             probe.measure(first, "super")
-            probe.measure(second, "base")
-        parts = first + second
+            probe.measure(rest, "base")
+        parts = first + rest
         accelerator.backward(parts.total)
         return _detached(parts)
     if order != "sequential":
@@ -232,14 +237,14 @@ def adn_step(
     s_logits, s_feats = s_logits.detach(), [f.detach() for f in s_feats]  # frees the super-net graph
     s_feats, s_pre = loss.split(s_feats)
     with accelerator.autocast():
-        b_logits, b_feats = model(x, "base")
+        b_logits, b_feats = model(x, "base", second)
         b_feats, b_pre = loss.split(b_feats)
-        second = base_loss(b_logits, b_feats, s_logits, s_feats, target, loss, teacher_logits=teacher_logits,
+        rest = base_loss(b_logits, b_feats, s_logits, s_feats, target, loss, teacher_logits=teacher_logits,
                            super_pre=s_pre, base_pre=b_pre, kd_scale=kd_scale, **common)
     if probe is not None:
-        probe.measure(second, "base")
-    accelerator.backward(second.total)
-    return first + _detached(second)
+        probe.measure(rest, "base")
+    accelerator.backward(rest.total)
+    return first + _detached(rest)
 
 
 def _detached(parts: LossParts) -> LossParts:

@@ -66,13 +66,25 @@ class TestParetoFront:
 class TestTable:
     def test_sorted_by_gmacs_with_front_marked(self, rows):
         text = text_of(ro.render_table(rows, title="resnet50-ADN", context=CONTEXT))
-        lines = {p: next(line for line in text.splitlines() if f" {p} " in line) for p in ("FF", "TF", "FT", "TT")}
+        lines = {p: next(line for line in text.splitlines() if line.lstrip("│ *").startswith(f"{p} "))
+                 for p in ("FF", "TF", "FT", "TT")}
         assert [text.index(lines[p]) for p in ("FF", "TF", "FT", "TT")] == sorted(text.index(lines[p]) for p in lines)
         assert {p for p, line in lines.items() if "*" in line} == {"FF", "TF", "TT"}
         for header in ("GMACs", "Params (M)", "Latency ms (median ± IQR)", "Top-1 %"):
             assert header in text
         assert "Top-5 %" not in text and "Agreement %" not in text
         assert "28.0 ± 0.50" in text and "resnet50-ADN" in text and "macs_method=fvcore" in text
+
+    def test_a_sub_network_that_a_cheaper_one_beats_names_it(self, rows):
+        text = text_of(ro.render_table(rows, title="t", context=None))
+        lines = {p: next(line for line in text.splitlines() if line.lstrip("│ *").startswith(f"{p} "))
+                 for p in ("FF", "TF", "FT", "TT")}
+        assert "Beaten by" in text and "1 of 4 sub-networks are beaten by a cheaper one" in " ".join(text.split())
+        assert "TT (+1.00)" in lines["FT"]  # FT costs more than TT and scores a point less
+        assert all("(+" not in lines[p] for p in ("FF", "TF", "TT"))
+        for r in rows:
+            r["acc1"] = 80.0 - r["skipped_blocks"]  # deeper is better everywhere: nothing is beaten
+        assert "Beaten by" not in text_of(ro.render_table(rows, title="t", context=None))
 
     def test_only_measured_columns(self, rows):
         for r in rows:
@@ -84,7 +96,9 @@ class TestTable:
 class TestFiles:
     def test_json_round_trip_keeps_schema(self, rows):
         doc = json.loads(ro.to_json(rows, context=CONTEXT))
-        assert set(doc) == {"schema_version", "adnify_version", "context", "pareto_score", "rows", "pareto"}
+        assert set(doc) == {"schema_version", "adnify_version", "context", "pareto_score", "rows", "pareto",
+                            "beaten_by"}
+        assert doc["beaten_by"] == {"FT": {"pattern": "TT", "margin": 1.0}}
         assert doc["schema_version"] == ro.REPORT_SCHEMA_VERSION == 1
         assert isinstance(doc["adnify_version"], str) and doc["context"] == CONTEXT
         assert doc["pareto_score"] == "acc1"

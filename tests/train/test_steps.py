@@ -290,3 +290,41 @@ def test_the_probe_measures_each_terms_gradient_into_the_shared_weights(tiny_net
         # Sequential: the stem before the first adaptive stage gets the super-net's gradient with the base pass only,
         # so it is left out there.
         assert 0 < norms["sequential"][name] <= by_hand * (1 + 1e-3)
+
+
+@pytest.mark.parametrize("order", ["joint", "sequential"])
+def test_a_middle_second_pass_trains_the_copies_of_the_stages_it_skips_and_no_others(tiny_net, accelerator, order):
+    net = copy.deepcopy(tiny_net)
+    pair = AdnPair(net).train()
+    x, y = batch()
+    loss = LossConfig.from_config(config(alpha=None, feature_kd="none", base_label_weight=1.0), net)
+    adn_step(accelerator, pair, x, y, loss, order=order, second="TFTF")
+    for stage, skipped in zip(net._norms, "TFTF"):
+        grads = [norm.skip_copy.weight.grad for norm in stage]
+        assert grads, "every stage of the tiny ResNet has norm copies"
+        if skipped == "T":
+            assert all(g is not None and g.abs().sum() > 0 for g in grads)
+        else:
+            assert all(g is None for g in grads)
+
+
+def test_the_second_pass_is_the_base_net_unless_middle_prob_draws_a_middle_pattern():
+    from types import SimpleNamespace
+
+    from adnify.train.loop import _second_pattern
+
+    def drawn(prob: float, steps: int = 400) -> list:
+        session = SimpleNamespace(config={"middle_prob": prob, "seed": 3}, net=SimpleNamespace(num_stages=4),
+                                  state=SimpleNamespace(step=0))
+        out = []
+        for step in range(steps):
+            session.state.step = step
+            out.append(_second_pattern(session))
+        return out
+
+    assert set(drawn(0.0)) == {None}
+    half = drawn(0.5)
+    middles = [p for p in half if p is not None]
+    assert 150 < len(middles) < 250
+    assert len(set(middles)) == 14 and not {"FFFF", "TTTT"} & set(middles)  # every one of the 2^4 - 2
+    assert drawn(0.5) == half  # the same draw on every process and on resume

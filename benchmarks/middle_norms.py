@@ -1,0 +1,74 @@
+"""Why do the sub-networks between the ends score below the base-net? The skip-aware norms' statistics.
+
+A skip-aware norm copy of a stage is used whenever that stage's skippable half is skipped. Trained with
+the base-net alone, its BatchNorm statistics are estimated on the features of the base-net, where every
+earlier stage is skipped too. In ``FFFT`` it reads the output of three full stages instead. This script
+scores a trained ADN run three ways, on the same test images:
+
+- ``trained``: as the training left it;
+- ``per_pattern``: each pattern with the copies' statistics re-estimated under that pattern alone (an
+  oracle: one set of statistics per sub-network; it tells whether the statistics are the cause);
+- ``mixture``: one set of statistics re-estimated under every pattern that uses a copy, in turn (what
+  a deployed network can keep: ``calibrate_skip_norms(..., patterns=...)``).
+
+    python benchmarks/middle_norms.py RUN_DIR --data runs/c31/data -o middle-norms.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+import adnify
+from adnify.io.data import load_image_data
+from adnify.io.files import atomic_write_text
+from adnify.io.images import make_loader
+from adnify.report.evaluate import eval_loader, eval_transform, evaluate_patterns
+from adnify.train.calibrate import calibrate_skip_norms
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run", type=Path, help="a trained ADN run (or a saved model folder)")
+    parser.add_argument("--data", required=True, help="the data set the run was trained on (train and test splits)")
+    parser.add_argument("--label-column", default="label")
+    parser.add_argument("--input-size", type=int, default=32)
+    parser.add_argument("--images", type=int, default=2000, help="training images per re-estimation")
+    parser.add_argument("-o", "--output", type=Path, default=None, help="write the figures as JSON here")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    net = adnify.load(str(args.run)).eval()
+    size = (3, args.input_size, args.input_size)
+    data = load_image_data(args.data, split="test", label_column=args.label_column)
+    test = eval_loader(net, data, batch_size=256, num_workers=2, input_size=size)
+    calib = make_loader(data.train.select(range(min(args.images, len(data.train)))), data,
+                        eval_transform(net, size), batch_size=128, shuffle=True, num_workers=2, seed=0)
+    patterns = net.patterns()
+    users = [p for p in patterns if "T" in p]  # the patterns that use at least one copy
+    acc = {"trained": {p: r.acc1 for p, r in evaluate_patterns(net, patterns, test, progress=False).items()}}
+    acc["per_pattern"] = {}
+    for p in patterns:
+        if p not in users:
+            acc["per_pattern"][p] = acc["trained"][p]
+            continue
+        one = copy.deepcopy(net)
+        calibrate_skip_norms(one, calib, max_images=args.images, patterns=[p])
+        acc["per_pattern"][p] = evaluate_patterns(one.eval(), [p], test, progress=False)[p].acc1
+        print(f"{p}: trained {acc['trained'][p]:.2f}, own statistics {acc['per_pattern'][p]:.2f}", file=sys.stderr)
+    mixed = copy.deepcopy(net)
+    calibrate_skip_norms(mixed, calib, max_images=args.images * len(users) // 4, patterns=users)
+    acc["mixture"] = {p: r.acc1 for p, r in evaluate_patterns(mixed.eval(), patterns, test, progress=False).items()}
+    print("| pattern | trained | own statistics | mixture |\n| --- | ---: | ---: | ---: |")
+    for p in patterns:
+        print(f"| {p} | {acc['trained'][p]:.2f} | {acc['per_pattern'][p]:.2f} | {acc['mixture'][p]:.2f} |")
+    if args.output:
+        atomic_write_text(args.output, json.dumps({"run": str(args.run), "top1": acc}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
