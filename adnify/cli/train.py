@@ -135,7 +135,7 @@ def train(
     broken = (f"; {result.broken_images:,} training image{'s' * (result.broken_images != 1)} could not be decoded "
               "and were skipped" if result.broken_images else "")
     console.print(f"{result.status} at step {result.step} (epoch {result.epoch}){broken}; model saved in "
-                  f"{result.run_dir}/final  (adnify report {result.run_dir})", highlight=False)
+                  f"{result.run_dir}/final  (adnify report {result.run_dir})", highlight=False, soft_wrap=True)
 
 
 def recipes(name: Annotated[Optional[str], typer.Argument(help="Show every key of this recipe.")] = None) -> None:

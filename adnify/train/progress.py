@@ -92,7 +92,7 @@ class TrainProgress:
 
     def print(self, message: str) -> None:
         if self.enabled:
-            console.print(message, highlight=False)
+            console.print(message, highlight=False, soft_wrap=True)
 
     def header(self, lines: list[str]) -> None:
         """What the run starts: shown also when the bar is off (``-q`` passes a one-line header)."""
