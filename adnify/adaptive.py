@@ -86,8 +86,10 @@ class AdaptiveNet(nn.Module):
         return format_pattern(self._pattern)
 
     def input_size(self, override: Sequence[int] | None = None) -> tuple[int, int, int]:
-        """Input size C,H,W: ``override``, else the size given at conversion, else timm's config."""
-        size = override or self.source.get("input_size") or default_input_size(self.model)
+        """Input size C,H,W: ``override``, else the size it was trained at (saved with the model), else the
+        size given at conversion, else timm's config."""
+        trained = (self.source.get("data_config") or {}).get("input_size")
+        size = override or trained or self.source.get("input_size") or default_input_size(self.model)
         return tuple(int(s) for s in size)  # type: ignore[return-value]
 
     def patterns(self) -> list[str]:

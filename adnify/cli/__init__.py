@@ -19,6 +19,22 @@ app = typer.Typer(
 )
 _convert.register(app)
 
+
+def _version(show: bool) -> None:
+    if show:
+        from .. import __version__
+
+        typer.echo(f"adnify {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(False, "--version", help="Show the version and exit.", callback=_version,
+                                 is_eager=True),
+) -> None:
+    """Turn timm models into adaptive depth networks: one network, 2^N depths, switched at run time."""
+
 for _name in ("train", "report"):  # commands added by later modules, when present
     try:
         __import__(f"{__name__}.{_name}", fromlist=["register"]).register(app)

@@ -56,6 +56,7 @@ def convert(
 
     from ..io.files import check_writable
     from ..report.costs import pattern_costs
+    from ..train.header import RANDOM_WEIGHTS
     from .display import console, plan_table
 
     if output is not None:
@@ -71,6 +72,10 @@ def convert(
     if output is not None:
         net.save(str(output), force=force)
         console.print(f"saved to {output}/ (model.safetensors, adnify.json)", highlight=False)
+    else:
+        console.print("nothing was saved: add -o DIR to save the adaptive model", highlight=False)
+    if not (pretrained or checkpoint):
+        console.print(f"note: {RANDOM_WEIGHTS}", highlight=False)
 
 
 def info(directory: Annotated[str, typer.Argument(help="A converted model or training run directory (or a timm name).")]) -> None:
@@ -82,7 +87,10 @@ def info(directory: Annotated[str, typer.Argument(help="A converted model or tra
     net = open_source(directory)
     costs = pattern_costs(net, [net.patterns()[0], net.patterns()[-1]])
     src = net.source
-    console.print(f"{directory}: {src.get('model') or src.get('class')}  {src.get('weights', '')}", highlight=False)
+    size = "x".join(str(s) for s in net.input_size())
+    trained = " (as trained)" if src.get("data_config") else ""
+    console.print(f"{directory}: {src.get('model') or src.get('class')}  {src.get('weights', '')}  input {size}{trained}",
+                  highlight=False)
     console.print(plan_table(net, costs, title=f"{net.num_stages} adaptive stages"))
 
 

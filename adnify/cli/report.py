@@ -237,8 +237,8 @@ def _show(console, rows, context, fmt: Optional[str]) -> None:
 
 def _short(context: dict) -> dict:
     """The context keys worth a caption line under the table (the files carry all of them)."""
-    keys = ("device", "dtype", "batch_size", "input_size", "threads", "static", "compile", "data", "examples", "accuracy",
-            "evaluation")
+    keys = ("device", "dtype", "batch_size", "input_size", "threads", "static", "compile", "data", "examples",
+            "broken_images", "accuracy", "evaluation")
     short = {k: context[k] for k in keys if context.get(k) is not None}
     short["MACs"] = "per image, " + "x".join(str(s) for s in context["macs_input_size"])
     return short

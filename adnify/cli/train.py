@@ -87,7 +87,7 @@ def train(
     mixed_precision: Annotated[Precision, _Opt(help="auto: fp16 on CUDA if the recipe's amp is on; bf16 on CPU only if asked.")] = Precision.auto,
     log_with: Annotated[Optional[Tracker], _Opt(help="Also log to TensorBoard (RUN_DIR/tensorboard).")] = None,
     cpu: Annotated[bool, _Opt("--cpu", help="Train on the CPU even if a GPU is present.")] = False,
-    quiet: Annotated[bool, _Opt("--quiet", "-q", help="No progress bar.")] = False,
+    quiet: Annotated[bool, _Opt("--quiet", "-q", help="One header line, the final line and errors only.")] = False,
     pretrained: Pretrained = False, checkpoint: Checkpoint = None, match_by_order: MatchByOrder = False,
     split: Split = None, groups: Groups = 4, stages: Stages = None, num_classes: NumClasses = None,
 ) -> None:
@@ -132,8 +132,10 @@ def train(
         console.print(f"interrupted at step {result.step}: checkpoint saved; continue with "
                       f"adnify train {result.run_dir} --resume", highlight=False)
         sys.exit(130)
-    console.print(f"{result.status} at step {result.step} (epoch {result.epoch}); model saved in "
-                  f"{result.run_dir}/final  (adnify report {result.run_dir})", highlight=False)
+    broken = (f"; {result.broken_images:,} training image{'s' * (result.broken_images != 1)} could not be decoded "
+              "and were skipped" if result.broken_images else "")
+    console.print(f"{result.status} at step {result.step} (epoch {result.epoch}){broken}; model saved in "
+                  f"{result.run_dir}/final  (adnify report {result.run_dir})", highlight=False, soft_wrap=True)
 
 
 def recipes(name: Annotated[Optional[str], typer.Argument(help="Show every key of this recipe.")] = None) -> None:

@@ -11,8 +11,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import datasets
 import numpy as np
@@ -29,8 +30,28 @@ VALIDATION_SPLITS = ("validation", "valid", "val", "test")
 TABLE_FORMATS = {".parquet": "parquet", ".arrow": "arrow", ".csv": "csv", ".json": "json", ".jsonl": "json"}
 
 
+@contextlib.contextmanager
+def progress_bars_off() -> Iterator[None]:
+    """No ``datasets`` progress bars inside: reading local files downloads nothing, and its bars
+    ("Downloading data", "Generating train split") would say otherwise."""
+    was_on = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_on:
+            datasets.enable_progress_bars()
+
+
 def read_splits(source: str) -> dict[str, datasets.Dataset]:
-    """All splits of ``source``, by name."""
+    """All splits of ``source``, by name; only a download from the Hub shows ``datasets``' progress bars."""
+    if source.startswith("builtin:") or Path(source).expanduser().exists():
+        with progress_bars_off():
+            return _read_splits(source)
+    return _read_splits(source)
+
+
+def _read_splits(source: str) -> dict[str, datasets.Dataset]:
     if source.startswith("builtin:"):
         name = source.removeprefix("builtin:")
         if name not in BUILTINS:

@@ -1,5 +1,11 @@
-"""Rows of image data -> batches: images decoded lazily, row by row (a corrupt one is named by its
-row and file), through a transform, collated into ``(images, labels)``."""
+"""Rows of image data -> batches: images decoded lazily, row by row, through a transform, collated into
+``(images, labels)``.
+
+An image that cannot be decoded (truncated, empty, not an image) does not stop anything: its row comes
+back as a black image labelled :data:`BROKEN`, so every batch keeps its shape (as ``accelerate`` needs
+across processes), and the batch names it in :attr:`Batch.broken`. Evaluation leaves such rows out;
+training reads a replacement (:mod:`adnify.train.loaders`), as timm's ``ImageDataset`` does.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +17,36 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import AdnifyError, first_line
+from ..errors import first_line
 from .data import ImageData
 
-__all__ = ["ImageRows", "collate_images", "decode_image", "make_loader", "undecoded"]
+__all__ = ["BROKEN", "Batch", "BrokenImage", "ImageRows", "collate_images", "decode_image", "make_loader",
+           "undecoded"]
+
+#: The label of a row whose image could not be decoded (-1 means "no label").
+BROKEN = -2
+
+
+class BrokenImage(Exception):
+    """An image that cannot be decoded; ``str()`` is ``"NAME (reason)"``."""
+
+
+class Batch(tuple):
+    """``(images, labels)`` that also names the rows it could not decode (``broken``); moved to a device
+    whole (accelerate calls ``.to``), and picklable from loader workers."""
+
+    broken: tuple[str, ...]
+
+    def __new__(cls, items: Any, broken: Any = ()) -> "Batch":
+        batch = super().__new__(cls, items)
+        batch.broken = tuple(broken)
+        return batch
+
+    def __reduce__(self) -> Any:
+        return Batch, (tuple(self), self.broken)
+
+    def to(self, *args: Any, **kwargs: Any) -> "Batch":
+        return Batch((t.to(*args, **kwargs) for t in self), self.broken)
 
 
 def make_loader(
@@ -56,8 +88,9 @@ def make_loader(
 
 
 class ImageRows(torch.utils.data.Dataset):
-    """``rows[i] -> {"image": tensor, "label": int or -1}``: row ``i`` decoded here, so that a
-    corrupt image is reported by its row (and file) instead of as a decoder's traceback."""
+    """``rows[i] -> {"image": tensor, "label": int or -1, "broken": name or None}``: row ``i`` decoded here,
+    so that an undecodable image is named by its file (or row) and replaced by a black one labelled
+    :data:`BROKEN` instead of ending the run."""
 
     def __init__(self, ds: datasets.Dataset, data: ImageData, transform: Callable | None) -> None:
         self.ds = undecoded(ds, data.image_column)
@@ -69,9 +102,13 @@ class ImageRows(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         row = self.ds[int(index)]
-        image = decode_image(row[self.image_column], int(index), self.source)
         label = row[self.label_column] if self.label_column else None
-        return {"image": self.transform(image) if self.transform else image, "label": -1 if label is None else int(label)}
+        try:
+            image, broken = decode_image(row[self.image_column], int(index)), None
+        except BrokenImage as e:
+            image, broken, label = Image.new("RGB", (256, 256)), str(e), BROKEN
+        return {"image": self.transform(image) if self.transform else image,
+                "label": -1 if label is None else int(label), "broken": broken}
 
 
 def undecoded(ds: datasets.Dataset, column: str) -> datasets.Dataset:
@@ -80,34 +117,50 @@ def undecoded(ds: datasets.Dataset, column: str) -> datasets.Dataset:
     return ds.cast_column(column, datasets.Image(decode=False)) if isinstance(feature, datasets.Image) else ds
 
 
-def decode_image(value: Any, index: int, source: str) -> Image.Image:
-    """An RGB image from a decoded image, an array, or an undecoded ``{"bytes", "path"}`` cell."""
+def decode_image(value: Any, index: int) -> Image.Image:
+    """An RGB image from a decoded image, an array, or an undecoded ``{"bytes", "path"}`` cell.
+
+    Raises:
+        BrokenImage: it cannot be decoded; named by its file, else by its row ``index``.
+    """
     try:
         if isinstance(value, dict) and ("bytes" in value or "path" in value):
             raw = value.get("bytes")
             image = Image.open(io.BytesIO(raw) if raw is not None else value["path"])
             image.load()
-            return image.convert("RGB")
+            return _to_rgb(image)
         return _to_rgb(value)
-    except Exception as e:
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
         name = value.get("path") if isinstance(value, dict) else None
-        what = f"row {index}" + (f" ({name})" if name else "")
-        raise AdnifyError(f"the image in {what} of {source} cannot be decoded: {first_line(e, with_type=True)}; "
-                          "remove or replace it") from None
+        raise BrokenImage(f"{name or f'row {index}'} ({first_line(e, with_type=True)})") from None
 
 
-def collate_images(examples: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``[{"image", "label"}, ...]`` -> ``(images [B, 3, H, W] float, labels [B] long)``."""
+def collate_images(examples: list[dict[str, Any]]) -> Batch:
+    """``[{"image", "label", "broken"}, ...]`` -> ``(images [B, 3, H, W] float, labels [B] long)`` as a
+    :class:`Batch` naming its broken rows."""
     images = torch.stack([torch.as_tensor(e["image"]) for e in examples]).float()
-    return images, torch.tensor([e["label"] for e in examples], dtype=torch.long)
+    labels = torch.tensor([e["label"] for e in examples], dtype=torch.long)
+    return Batch((images, labels), [e["broken"] for e in examples if e.get("broken")])
 
 
 def _to_rgb(x: Any) -> Image.Image:
     if isinstance(x, Image.Image):
-        return x.convert("RGB")
+        return _pil_to_rgb(x)
     array = np.asarray(x)
     if array.dtype != np.uint8:
         array = np.clip(array * 255 if array.max() <= 1 else array, 0, 255).astype(np.uint8)
     if array.ndim == 3 and array.shape[0] in (1, 3) and array.shape[-1] not in (1, 3):
         array = array.transpose(1, 2, 0)  # CHW -> HWC
     return Image.fromarray(array.squeeze()).convert("RGB")
+
+
+def _pil_to_rgb(image: Image.Image) -> Image.Image:
+    """RGB from any mode: 16-bit and 32-bit greyscale scaled to 8 bits (``convert`` would clip them
+    to white), palette transparency through RGBA (``convert`` warns otherwise)."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image, dtype=np.float64)
+        high = 65535.0 if image.mode != "I" or array.max() > 255 else 255.0
+        return Image.fromarray((np.clip(array / high, 0, 1) * 255).round().astype(np.uint8)).convert("RGB")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    return image.convert("RGB")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
@@ -31,6 +32,7 @@ import torch
 from ..adaptive import AdaptiveNet
 from ..conversion.plan import format_pattern, parse_pattern
 from ..errors import AdnifyError
+from ..io.broken import DEFAULT_FRACTION
 from ..io.data import ImageData, load_image_data
 from .costs import MACS_METHOD, pattern_costs
 from .evaluate import eval_loader, evaluate_patterns, make_accelerator, progress_bar
@@ -237,8 +239,10 @@ def build_report(
         loader = eval_loader(net, loaded, batch_size=eval_batch, num_workers=num_workers, input_size=size)
         accelerator = accelerator or make_accelerator(dev)
         how: dict[str, Any] = {}
+        fraction = run_recipe["max_broken_fraction"] if run_recipe else DEFAULT_FRACTION
         results = evaluate_patterns(net, pats, loader, labels=has_labels, agreement=agreement,
-                                    accelerator=accelerator, dtype=torch_dtype, progress=progress, record=how)
+                                    accelerator=accelerator, dtype=torch_dtype, progress=progress, record=how,
+                                    max_broken_fraction=fraction, on_broken=_warn_broken)
         for p, res in results.items():
             by_pattern[p].update(acc1=res.acc1, acc5=res.acc5, agreement=res.agreement)
         dev, main = accelerator.device, accelerator.is_main_process
@@ -248,6 +252,8 @@ def build_report(
             "data": loaded.source,
             "split": split or ("validation" if loaded.validation is not None else "all (one split)"),
             "examples": next(iter(results.values())).examples,
+            "broken_images": how["broken_images"],
+            "broken_names": how["broken_names"],
             "accuracy": ", ".join(measured) + " (%)",
             "eval_batch_size": eval_batch,
             "evaluation": how["evaluation"],
@@ -272,6 +278,10 @@ def build_report(
     elif "acc" in wanted:
         context.update({"device": str(dev), "dtype": str(torch_dtype).removeprefix("torch.")})
     return rows, context
+
+
+def _warn_broken(name: str) -> None:
+    print(f"warning: skipped an image that cannot be decoded: {name}", file=sys.stderr)
 
 
 def measure_latency(net: AdaptiveNet, patterns: Sequence[str], *, batch_size: int, input_size: Sequence[int],

@@ -14,6 +14,10 @@ layout that is fastest on the device (:mod:`adnify.report.layout`: channels-last
 images per forward pass on the CPU). Top-1/top-5 hits and agreement with the super-net are counted
 per pattern. Data loading is therefore paid once however many sub-networks are compared.
 
+An image that cannot be decoded comes as a black one labelled :data:`~adnify.io.images.BROKEN`: it
+is left out of every count, counted on its own (``Accuracy.broken``, ``record["broken_images"]``), and
+more than ``max_broken_fraction`` of the images stops the pass with one line naming the first ones.
+
 Under ``accelerate launch`` the loader is split across the processes and the predictions
 are gathered with ``gather_for_metrics`` (which drops the padding of the last batch), so
 every process ends with the same counts.
@@ -41,7 +45,8 @@ from ..adaptive import AdaptiveNet
 from ..conversion.plan import format_pattern, parse_pattern
 from ..errors import AdnifyError
 from ..io.data import ImageData, check_labels
-from ..io.images import make_loader
+from ..io.broken import DEFAULT_FRACTION, BrokenImages
+from ..io.images import BROKEN, make_loader
 from .layout import Layout, fastest_layout
 from .pattern_tree import PatternTree, StageInputChanged, TreeUnavailable
 
@@ -59,15 +64,30 @@ class Accuracy:
     acc5: float | None
     agreement: float | None
     kl_to_super: float | None = None
+    broken: int = 0  #: images that could not be decoded, left out of ``examples``
+
+
+#: The evaluation transform's settings a trained model carries (``source["data_config"]``).
+TRANSFORM_KEYS = ("interpolation", "mean", "std", "crop_pct", "crop_mode")
+
+
+def eval_data_config(net: AdaptiveNet, input_size: Sequence[int] | None = None) -> dict[str, Any]:
+    """timm's data config of ``net`` at :meth:`AdaptiveNet.input_size`, with the transform settings the
+    model was trained with when it carries them (a copied ``final/`` needs no run directory)."""
+    from timm.data import resolve_model_data_config
+
+    cfg = resolve_model_data_config(net.model, args={"input_size": net.input_size(input_size)})
+    saved = net.source.get("data_config") or {}
+    cfg.update({k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in TRANSFORM_KEYS})
+    return cfg
 
 
 def eval_transform(net: AdaptiveNet, input_size: Sequence[int] | None = None):
-    """timm's evaluation transform for ``net`` at :meth:`AdaptiveNet.input_size`: resize, crop (the model's
-    ``crop_pct`` and ``crop_mode``), normalise, all from ``timm.data.resolve_model_data_config``."""
-    from timm.data import create_transform, resolve_model_data_config
+    """timm's evaluation transform for ``net`` (:func:`eval_data_config`): resize, crop (the model's
+    ``crop_pct`` and ``crop_mode``), normalise."""
+    from timm.data import create_transform
 
-    cfg = resolve_model_data_config(net.model, args={"input_size": net.input_size(input_size)})
-    return create_transform(**cfg, is_training=False)
+    return create_transform(**eval_data_config(net, input_size), is_training=False)
 
 
 def eval_loader(net: AdaptiveNet, data: ImageData, *, batch_size: int = 32, num_workers: int = 0,
@@ -100,6 +120,8 @@ def evaluate_patterns(
     progress: bool | Callable[[int, int | None], Any] = True,
     record: dict[str, Any] | None = None,
     tree: bool = True,
+    max_broken_fraction: float = DEFAULT_FRACTION,
+    on_broken: Callable[[str], Any] | None = None,
 ) -> dict[str, Accuracy]:
     """Top-1/top-5 accuracy (and agreement) of every pattern, in one pass over ``loader``.
 
@@ -152,12 +174,15 @@ def evaluate_patterns(
     hits = torch.zeros(3, len(pats), dtype=torch.long)  # top-1, top-5, agreement
     kl_sum = torch.zeros(len(pats), dtype=torch.float64)
     seen = labelled = 0
+    size = _dataset_size(loader)
+    broken = BrokenImages(size or 0, "the evaluation data", max_broken_fraction)
     try:
         bar = progress if callable(progress) else progress_bar(
             f"evaluating {len(pats)} sub-network{'s' * (len(pats) > 1)}: batches", _length(loader),
             accelerator.is_main_process and progress)
         with torch.no_grad(), _as_context(bar, _length(loader)) as step:
-            for images, targets in loader:
+            for batch in loader:
+                images, targets = batch
                 images = images.to(accelerator.device, non_blocking=True)
                 if dtype is not None:
                     images = images.to(dtype)
@@ -167,6 +192,14 @@ def evaluate_patterns(
                 kl = (_kl_to(logits[ref], logits[: len(pats)]),) if ref is not None else ()
                 preds, targets, *kl = accelerator.gather_for_metrics((top, targets.to(accelerator.device), *kl))
                 preds, targets = preds.cpu(), targets.cpu()
+                valid = targets != BROKEN  # undecodable images: counted apart, in no score
+                for name in broken.add(getattr(batch, "broken", ()), int((~valid).sum())):
+                    if on_broken is not None:
+                        on_broken(name)
+                if not valid.all():
+                    preds, targets, kl = preds[valid], targets[valid], [k[valid.to(k.device)] for k in kl]
+                broken.size = size or seen + len(targets) + broken.count
+                broken.check()
                 if max_images is not None:  # an iterable without a dataset to subsample: its first images
                     keep = max_images - seen
                     preds, targets, kl = preds[:keep], targets[:keep], [k[:keep] for k in kl]
@@ -186,15 +219,15 @@ def evaluate_patterns(
     finally:
         net.train(was_training)
     if seen == 0:
-        raise AdnifyError("no examples to evaluate")
+        raise AdnifyError("no examples to evaluate" + (": none of them can be decoded" if broken.count else ""))
     if record is not None:
-        record.update(forward.describe())
+        record.update(forward.describe(), broken_images=broken.count, broken_names=broken.names)
 
     def pct(i: int, j: int, total: int) -> float | None:
         return 100.0 * hits[i, j].item() / total if total else None
 
     return {p: Accuracy(p, seen, pct(0, j, labelled), pct(1, j, labelled), pct(2, j, seen if ref is not None else 0),
-                        kl_sum[j].item() / seen if ref is not None else None)
+                        kl_sum[j].item() / seen if ref is not None else None, broken.count)
             for j, p in enumerate(pats)}
 
 
@@ -322,6 +355,13 @@ def _capped(loader: Iterable, max_images: int | None) -> Iterable:
             persistent_workers=loader.persistent_workers, prefetch_factor=loader.prefetch_factor if workers else None)
         _CAPPED[loader] = (max_images, capped)
     return capped
+
+
+def _dataset_size(loader: Iterable) -> int | None:
+    try:
+        return len(loader.dataset)  # type: ignore[attr-defined]
+    except (AttributeError, TypeError):
+        return None
 
 
 def _length(loader: Iterable) -> int | None:

@@ -10,7 +10,8 @@ data, models, optimizer), :mod:`.loop` (epochs, evaluation, checkpoints), :mod:`
 and sequential steps), :mod:`.losses`, :mod:`.recipes`, :mod:`.networks` (net, baseline, teacher),
 :mod:`.loaders` (training transforms, the reproducible loader, mixup), :mod:`.shared_prefix` (the
 stem computed once for both passes), :mod:`.optim` (timm's builders), :mod:`.calibrate`,
-:mod:`.rundir` (files), :mod:`.loop_state` (the loop's position, Ctrl-C), :mod:`.progress`,
+:mod:`.rundir` (files), :mod:`.loop_state` (the loop's position, Ctrl-C), :mod:`.header` (what a run
+starts), :mod:`.progress`,
 :mod:`.demo`; evaluation uses :func:`adnify.report.evaluate.evaluate_patterns`.
 """
 

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..adaptive import AdaptiveNet
+from ..io.images import BROKEN
 
 __all__ = ["calibrate_skip_norms", "skip_norm_batchnorms"]
 
@@ -31,7 +32,8 @@ def calibrate_skip_norms(net: AdaptiveNet, batches: Iterable[Any], *, max_images
 
     Args:
         net: the adaptive net; its training mode is restored afterwards.
-        batches: ``(images, labels)`` batches (labels unused), with evaluation transforms.
+        batches: ``(images, labels)`` batches, with evaluation transforms; rows labelled
+            :data:`~adnify.io.images.BROKEN` (undecodable images) are left out.
         max_images: how many images to average over.
         device: where the images go.
         on_batch: called with the number of images after each batch (a progress bar).
@@ -39,7 +41,8 @@ def calibrate_skip_norms(net: AdaptiveNet, batches: Iterable[Any], *, max_images
             the base-net): e.g. every pattern, so the statistics fit the mixture a deployed network meets.
 
     Returns:
-        The number of images used.
+        The number of images used. A batch of one image is dropped: BatchNorm cannot take statistics
+        of a single value per channel (the last stage of a small input), and one image adds little.
     """
     norms = skip_norm_batchnorms(net)
     if not norms or max_images <= 0:
@@ -54,8 +57,10 @@ def calibrate_skip_norms(net: AdaptiveNet, batches: Iterable[Any], *, max_images
             m.momentum = None  # cumulative moving average: every batch weighs the same
             m.train()
         with torch.no_grad():
-            for i, (images, _) in enumerate(batches):
-                images = images[: max_images - seen].to(device)
+            for i, (images, labels) in enumerate(batches):
+                images = images[labels != BROKEN][: max_images - seen].to(device)
+                if images.shape[0] < 2:
+                    continue
                 net(images, skip=patterns[i % len(patterns)])
                 seen += images.shape[0]
                 if on_batch is not None:

@@ -8,6 +8,10 @@ would have seen: the shuffle order is a function of ``(seed, epoch)`` only, and 
 random augmentation is drawn from its own generator seeded by ``(seed, epoch, index)``. Nothing
 depends on the global random state, on the number of workers, or on where an epoch was resumed
 (``accelerate.skip_first_batches`` skips batches without loading them).
+
+An image that cannot be decoded is replaced by the next row that can (as timm's ``ImageDataset``
+does), so a batch stays full (mixup needs that) and the run goes on; the batch names it, and the loop
+counts it against the recipe's ``max_broken_fraction``.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import torch
 from ..adaptive import AdaptiveNet
 from ..errors import AdnifyError
 from ..io.data import ImageData
-from ..io.images import ImageRows, collate_images, make_loader
+from ..io.images import BrokenImage, ImageRows, collate_images, decode_image, make_loader
 from ..report.evaluate import eval_transform
 
 __all__ = ["EpochSampler", "SeededImages", "Transforms", "build_mixup", "build_transforms", "calibration_loader",
@@ -77,8 +81,13 @@ class EpochSampler(torch.utils.data.Sampler):
         return self.limit
 
 
+#: Rows tried in a row before the data is taken for something that is not images at all.
+MAX_CONSECUTIVE_BROKEN = 16
+
+
 class SeededImages(torch.utils.data.Dataset):
-    """``dataset[(epoch, index)] -> {"image": tensor, "label": int or -1}``, augmented reproducibly.
+    """``dataset[(epoch, index)] -> {"image": tensor, "label": int or -1, "broken": name or None}``,
+    augmented reproducibly; a broken row is replaced by the next decodable one (``broken`` names it).
 
     The global python/numpy/torch random states are saved and restored around each image, so
     loading data (also ahead of time, as accelerate's loader does) never shifts the random
@@ -87,13 +96,31 @@ class SeededImages(torch.utils.data.Dataset):
 
     def __init__(self, data: ImageData, transform: Callable, seed: int) -> None:
         self.rows, self.transform, self.seed = ImageRows(data.train, data, None), transform, seed
+        self.source = data.source
 
     def __len__(self) -> int:
         return len(self.rows)
 
+    def _decoded(self, index: int) -> tuple[Any, int, str | None]:
+        """Row ``index``'s image and label, or the next decodable row's, and ``index``'s name if it is broken."""
+        rows, broken, names = self.rows, None, []
+        for offset in range(MAX_CONSECUTIVE_BROKEN):
+            i = (index + offset) % len(rows)
+            row = rows.ds[i]
+            try:
+                image = decode_image(row[rows.image_column], i)
+            except BrokenImage as e:
+                names.append(str(e))
+                broken = broken or str(e)
+                continue
+            label = row[rows.label_column] if rows.label_column else None
+            return image, -1 if label is None else int(label), broken
+        raise AdnifyError(f"{MAX_CONSECUTIVE_BROKEN} images in a row of {self.source} cannot be decoded, from "
+                          f"{'; '.join(names[:3])}: is it the right data? (recipe key max_broken_fraction)")
+
     def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
         epoch, index = key
-        row = self.rows[int(index)]  # decoded; the transform's random draws are seeded below
+        image, label, broken = self._decoded(int(index))  # the transform's random draws are seeded below
         seed = (self.seed * 1_000_003 + epoch) * 10_000_019 + int(index)
         py_state, np_state = random.getstate(), np.random.get_state()
         try:
@@ -101,11 +128,11 @@ class SeededImages(torch.utils.data.Dataset):
                 random.seed(seed)
                 np.random.seed(seed % 2**32)
                 torch.manual_seed(seed % 2**63)  # the same draws as before for every seed that fitted
-                image = self.transform(row["image"])
+                image = self.transform(image)
         finally:
             random.setstate(py_state)
             np.random.set_state(np_state)
-        return {"image": image, "label": row["label"]}
+        return {"image": image, "label": label, "broken": broken}
 
 
 def train_loader(data: ImageData, transform: Callable, config: dict[str, Any], num_processes: int

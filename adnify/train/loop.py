@@ -10,6 +10,8 @@ from typing import Any, Callable
 import torch
 
 from ..errors import AdnifyError
+from ..io.broken import BrokenImages
+from .header import epoch_label, run_header
 from .loop_state import StopRequest
 from .networks import baseline_into_net
 from .progress import Meter, TrainProgress, stats_line
@@ -38,6 +40,7 @@ class TrainResult:
         status: ``completed``, ``stopped`` (``max_steps`` reached) or ``interrupted`` (Ctrl-C).
         step, epoch: optimizer steps and finished epochs.
         evaluation: the last evaluation, ``{name: {"acc1": ..., "agreement": ..., "kl_to_super": ...}}``, or None.
+        broken_images: training images that could not be decoded and were skipped (the most in one epoch).
     """
 
     run_dir: Any
@@ -45,6 +48,7 @@ class TrainResult:
     step: int
     epoch: int
     evaluation: dict[str, dict[str, float | None]] | None
+    broken_images: int = 0
 
 
 def _lr(session: Session) -> float:
@@ -118,11 +122,14 @@ def _evaluate(session: Session, progress: TrainProgress, phase: str | None = Non
         for prefix, net in _eval_nets(session).items():
             with progress.evaluating(f"evaluating {prefix}{', '.join(patterns)}") as shown:
                 found = evaluate_patterns(net, patterns, session.eval_loader, labels=labelled, agreement=closeness,
-                                          accelerator=acc, max_images=session.config["eval_images"], progress=shown)
+                                          accelerator=acc, max_images=session.config["eval_images"], progress=shown,
+                                          max_broken_fraction=session.config["max_broken_fraction"],
+                                          on_broken=None if prefix else progress.broken)
             result.update({prefix + p: {"acc1": a.acc1, "agreement": a.agreement, "kl_to_super": a.kl_to_super}
                            for p, a in found.items()})
-    record = {"kind": "eval", "epoch": state.epoch, "step": state.step, "images": next(iter(found.values())).examples,
-              "acc1": {k: v["acc1"] for k, v in result.items()}}
+    first = next(iter(found.values()))
+    record = {"kind": "eval", "epoch": state.epoch, "step": state.step, "images": first.examples,
+              "broken_images": first.broken, "acc1": {k: v["acc1"] for k, v in result.items()}}
     if phase:
         record["phase"] = phase
     if closeness:
@@ -136,7 +143,8 @@ def _evaluate(session: Session, progress: TrainProgress, phase: str | None = Non
                if v["kl_to_super"] is not None and "T" in name]  # the super-net's own is 0
         if kls:
             shown += "  KL to super-net: " + "  ".join(kls)
-        progress.print(f"epoch {state.epoch}/{session.total_epochs}{f' ({phase})' if phase else ''} {metric}: {shown}")
+        when = epoch_label(state.epoch, session.config["epochs"], session.total_epochs)
+        progress.print(f"{when}{f' ({phase})' if phase else ''} {metric}: {shown}")
     _log_trackers(session, {f"eval/{m}/{name}": v for name, r in result.items() for m, v in r.items() if v is not None})
     return result
 
@@ -166,7 +174,10 @@ def _second_pattern(session: Session) -> str | None:
     return "".join("T" if code >> i & 1 else "F" for i in range(n))
 
 
-def _one_step(session: Session, images: torch.Tensor, labels: torch.Tensor, stop: StopRequest) -> dict[str, float]:
+def _one_step(session: Session, images: torch.Tensor, labels: torch.Tensor, stop: StopRequest,
+              flags: tuple[float, float]) -> tuple[dict[str, float], int, bool]:
+    """One optimizer step; ``flags`` = (broken images in this batch, checkpoint due by the clock) of this
+    process. Returns the loss values and, summed over processes, the broken images and whether to checkpoint."""
     acc, cfg = session.accelerator, session.config
     if cfg["channels_last"] and images.dim() == 4:
         images = images.contiguous(memory_format=torch.channels_last)
@@ -196,9 +207,11 @@ def _one_step(session: Session, images: torch.Tensor, labels: torch.Tensor, stop
                          second=_second_pattern(session))
     names = sorted(parts.terms)  # the same on every process: the terms follow the config
     values_local = [parts.total.float()] + [parts.terms[n][1].float() for n in names]
-    local = torch.stack([*values_local, torch.tensor(float(stop.requested), device=parts.total.device)])
-    every = acc.gather(local[None]).cpu()  # one small all-gather: the NaN check and Ctrl-C must agree
-    if not torch.isfinite(every[:, :-1]).all():
+    extra = torch.tensor([*flags, float(stop.requested)], device=parts.total.device)
+    local = torch.cat([torch.stack(values_local), extra])
+    # One small all-gather: the NaN check, the broken-image count, the clock's checkpoint and Ctrl-C must agree.
+    every = acc.gather(local[None]).cpu()
+    if not torch.isfinite(every[:, :-3]).all():
         session.optimizer.zero_grad(set_to_none=True)
         last = session.run.latest_checkpoint()
         raise AdnifyError(
@@ -216,11 +229,11 @@ def _one_step(session: Session, images: torch.Tensor, labels: torch.Tensor, stop
     if session.ema is not None:
         session.ema.update(session.trained, step=session.state.step)
     session.scheduler.step_update(num_updates=session.state.step)
-    mean = every[:, :-1].mean(0).tolist()
+    mean = every[:, :-3].mean(0).tolist()
     values = {"loss": mean[0], **{f"loss_{n}": v for n, v in zip(names, mean[1:])}}
     if probe is not None:
         values.update({f"grad_norm_{n}": v for n, v in probe.norms().items()})  # this process's, not averaged
-    return values
+    return values, int(every[:, -3].sum()), bool(every[:, -2].max() > 0)
 
 
 def _train_mode(session: Session) -> None:
@@ -250,6 +263,13 @@ def _save_final(session: Session) -> None:
         ema_net.save(str(session.run.final_ema), force=True, extra=extra)
 
 
+def _broken_tracker(session: Session) -> BrokenImages:
+    """This epoch's undecodable training images, counted from the state (which a checkpoint restores)."""
+    size = len(session.train_loader) * session.config["batch_size"] * session.accelerator.num_processes
+    return BrokenImages(size, f"the training data {session.data.source}", session.config["max_broken_fraction"],
+                        count=session.state.broken_in_epoch)
+
+
 def run_loop(
     session: Session,
     *,
@@ -263,10 +283,13 @@ def run_loop(
     total = session.total_epochs * steps_per_epoch
     saved: set[int] = set()
     every_n = cfg["checkpoint_every_steps"]
+    every_s = cfg["checkpoint_every_minutes"] * 60  # 0: off
     evaluation = None
     status = "completed"
     meter = Meter()
     with StopRequest() as stop, TrainProgress(show_progress and acc.is_main_process, total, state.step) as bar:
+        if acc.is_main_process:
+            bar.header(run_header(session, short=not show_progress))
         for note in session.notes:
             bar.print(f"note: {note}")
         if cfg["eval_before_training"] and state.step == 0:
@@ -277,6 +300,7 @@ def run_loop(
                 evaluation = _evaluate(session, bar, phase="calibrated")  # statistics alone, before any step
         if max_steps is not None and state.step >= max_steps:
             status = "stopped"  # e.g. --max-steps 0: calibrate (and evaluate) only
+        last_save = time.monotonic()
         while status == "completed" and state.epoch < session.total_epochs:
             # accelerate's loader re-seeds its sampler from its own iteration counter: keep both on the epoch.
             session.train_loader.set_epoch(state.epoch)
@@ -284,15 +308,25 @@ def run_loop(
             loader = session.train_loader
             if state.batch_in_epoch:
                 loader = acc.skip_first_batches(loader, state.batch_in_epoch)
+            broken = _broken_tracker(session)
             _train_mode(session)
-            for images, labels in loader:
-                values = _one_step(session, images, labels, stop)
+            for batch in loader:
+                images, labels = batch
+                names = getattr(batch, "broken", ())
+                due = bool(every_s) and time.monotonic() - last_save >= every_s
+                values, n_broken, due = _one_step(session, images, labels, stop, (float(len(names)), float(due)))
+                for name in broken.add(names, n_broken):
+                    bar.broken(name)
+                state.broken_in_epoch = broken.count
+                state.broken_most = max(state.broken_most, broken.count)
+                broken.check()
                 meter.add(values, images.shape[0] * acc.num_processes)
-                bar.update(state.epoch, session.total_epochs, stats_line(values, _lr(session)))
+                bar.update(state.epoch, cfg["epochs"], session.total_epochs, stats_line(values, _lr(session)))
                 last_of_epoch = state.batch_in_epoch == steps_per_epoch
                 if state.step % cfg["log_interval"] == 0 or last_of_epoch:
                     summary = meter.summary()
-                    record = {"kind": "train", "epoch": state.epoch, "step": state.step, **summary, "lr": _lr(session)}
+                    record = {"kind": "train", "epoch": state.epoch, "step": state.step, **summary, "lr": _lr(session),
+                              "broken_images": state.broken_in_epoch}  # so far in this epoch
                     if acc.is_main_process:
                         run.log(record)
                     _log_trackers(session, {f"train/{k}": v for k, v in record.items() if k != "kind"})
@@ -300,15 +334,16 @@ def run_loop(
                 for callback in callbacks:
                     callback(StepInfo(state.epoch, state.step, values, session))
                 halt = stop.requested or (max_steps is not None and state.step >= max_steps)
-                if (every_n and state.step % every_n == 0) or (halt and not last_of_epoch):
+                if (every_n and state.step % every_n == 0) or ((halt or due) and not last_of_epoch):
                     began = time.perf_counter()
                     _save_checkpoint(session, saved)
+                    last_save = time.monotonic()
                     meter.pause(time.perf_counter() - began)
                 if halt and not last_of_epoch:
                     break
             else:
                 state.epoch += 1
-                state.batch_in_epoch = 0
+                state.batch_in_epoch = state.broken_in_epoch = 0
                 session.scheduler.step(state.epoch)
                 began = time.perf_counter()
                 every = cfg["eval_every_epochs"]  # 0: never
@@ -316,6 +351,7 @@ def run_loop(
                     evaluation = _evaluate(session, bar)
                     _train_mode(session)
                 _save_checkpoint(session, saved)
+                last_save = time.monotonic()
                 meter.pause(time.perf_counter() - began)
                 if not (stop.requested or (max_steps is not None and state.step >= max_steps)):
                     continue
@@ -324,4 +360,4 @@ def run_loop(
     if status != "interrupted":
         _save_final(session)
     acc.wait_for_everyone()
-    return TrainResult(run.path, status, state.step, state.epoch, evaluation)
+    return TrainResult(run.path, status, state.step, state.epoch, evaluation, state.broken_most)

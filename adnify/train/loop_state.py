@@ -18,11 +18,15 @@ class TrainState:
         epoch: the epoch in progress (0-based); equals the number of finished epochs at an epoch end.
         step: optimizer updates done so far.
         batch_in_epoch: batches of ``epoch`` already trained on (per process), for ``skip_first_batches``.
+        broken_in_epoch: undecodable training images met in ``epoch`` so far (all processes).
+        broken_most: the most undecodable training images met in one epoch (of a full pass: every one).
     """
 
     epoch: int = 0
     step: int = 0
     batch_in_epoch: int = 0
+    broken_in_epoch: int = 0
+    broken_most: int = 0
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)

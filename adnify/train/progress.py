@@ -10,6 +10,8 @@ from typing import Any, Callable, Iterator
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from .header import epoch_label
+
 __all__ = ["Meter", "TrainProgress", "console"]
 
 console = Console()
@@ -65,6 +67,7 @@ class TrainProgress:
 
     def __init__(self, enabled: bool, total: int, done: int) -> None:
         self.enabled = enabled
+        self._broken: set[str] = set()
         self._bar: Progress | None = None
         if enabled:
             self._bar = Progress(
@@ -82,13 +85,25 @@ class TrainProgress:
         if self._bar is not None:
             self._bar.stop()
 
-    def update(self, epoch: int, epochs: int, stats: str) -> None:
+    def update(self, epoch: int, epochs: int, total: int, stats: str) -> None:
+        """One step done in 0-based ``epoch`` of ``epochs`` set by the user (``total`` with the cooldown)."""
         if self._bar is not None:
-            self._bar.update(self._task, advance=1, description=f"epoch {epoch + 1}/{epochs}", stats=stats)
+            self._bar.update(self._task, advance=1, description=epoch_label(epoch + 1, epochs, total), stats=stats)
 
     def print(self, message: str) -> None:
         if self.enabled:
-            console.print(message, highlight=False)
+            console.print(message, highlight=False, soft_wrap=True)
+
+    def header(self, lines: list[str]) -> None:
+        """What the run starts: shown also when the bar is off (``-q`` passes a one-line header)."""
+        for line in lines:
+            console.print(line, highlight=False, soft_wrap=True)
+
+    def broken(self, name: str) -> None:
+        """Name an undecodable image the first time it is met in the run, for the first few only."""
+        if name not in self._broken and len(self._broken) < 10:
+            self._broken.add(name)
+            self.print(f"warning: skipped an image that cannot be decoded: {name}")
 
     @contextlib.contextmanager
     def evaluating(self, description: str) -> Iterator[Callable[[int, int | None], None]]:

@@ -167,7 +167,12 @@ SCHEMA: dict[str, _Key] = {
     "eval_before_training": _Key(False, bool, "also evaluate before the first step (epoch 0: the converted model)"),
     "checkpoint_every_steps": _Key(None, int, "extra checkpoint every N steps; null = at epoch ends only",
                                    nullable=True, **_ONE_UP),
+    "checkpoint_every_minutes": _Key(30.0, float, "also checkpoint once this many minutes of training have passed "
+                                     "since the last checkpoint, mid-epoch too (a crash loses at most that); 0 = off",
+                                     **_NONNEG),
     "keep_checkpoints": _Key(2, int, "number of most recent checkpoints kept", **_ONE_UP),
+    "max_broken_fraction": _Key(0.05, float, "images that cannot be decoded are skipped and counted; more than this "
+                                "fraction of a split stops the run (the wrong folder, say)", **_PROB),
 }
 
 #: Every valid recipe key and its default value.

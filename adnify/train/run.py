@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -108,9 +109,14 @@ def train(
         find_unused=config["order"] == "sequential" and not info.get("baseline"),
     )
     try:
-        if resume:
+        if resume and progress:
             accelerator.print(f"resuming {run.path}")
-        session = _prepare(source, run, config, info, accelerator, resume, force, prepare_session)
+        with contextlib.ExitStack() as quiet:
+            if not progress:  # -q: not even a download's bars
+                from ..io.data_sources import progress_bars_off
+
+                quiet.enter_context(progress_bars_off())
+            session = _prepare(source, run, config, info, accelerator, resume, force, prepare_session)
         if log_with:
             accelerator.init_trackers("tensorboard" if log_with == "tensorboard" else "trackers",
                                       config=_flat(config))

@@ -16,7 +16,7 @@ from ..conversion.plan import format_pattern, parse_pattern
 from ..errors import AdnifyError
 from ..io.data import ImageData, check_labels
 from ..io.loading import load
-from ..report.evaluate import eval_loader
+from ..report.evaluate import eval_data_config, eval_loader
 from .loaders import build_mixup, build_transforms, calibration_loader, train_loader
 from .loop_state import TrainState
 from .networks import frozen_teacher, head_size, open_model, train_only_skip_norms
@@ -61,6 +61,11 @@ class Session:
     def baseline(self) -> str | None:
         """The pattern of the static network a baseline run trains, else None."""
         return self.info.get("baseline")
+
+    @property
+    def from_random(self) -> bool:
+        """The run started from a timm name without --pretrained or -c: random weights."""
+        return bool(self.info.get("random_weights"))
 
     @property
     def labels(self) -> bool:
@@ -133,6 +138,18 @@ def _load_data(info: dict[str, Any], config: dict[str, Any], accelerator: Any) -
     return data
 
 
+def _check_data_sizes(data: ImageData, info: dict[str, Any], resume: bool) -> None:
+    """Record the splits' sizes; on resume, refuse data that changed size (its order and split would differ)."""
+    sizes = {"train": len(data.train), "validation": len(data.validation) if data.validation is not None else 0}
+    before = info.get("data_sizes")
+    if resume and before and before != sizes:
+        raise AdnifyError(f"cannot resume: {info['data']} now holds {sizes['train']:,} training and "
+                          f"{sizes['validation']:,} validation images, the run started with {before['train']:,} and "
+                          f"{before['validation']:,}; the checkpoint's position means nothing on other data: restore "
+                          "the data, or start a new run (-o NEW_DIR)")
+    info["data_sizes"] = sizes
+
+
 def _fit_labels(data: ImageData, net: AdaptiveNet, labels: bool, notes: list[str]) -> None:
     """Check the labels against the head; label-free runs only use labels that fit for evaluation."""
     size = head_size(net)
@@ -175,6 +192,15 @@ def _from_pretrained(source: Any, info: dict[str, Any], notes: list[str]) -> boo
 
     options = info.get("convert_options", {}) or {}
     return is_model_dir(source) or bool(options.get("pretrained") or options.get("checkpoint"))
+
+
+def _random_start(source: Any, info: dict[str, Any]) -> bool:
+    """A timm name built without --pretrained or --checkpoint."""
+    from ..io.sources import is_model_dir
+
+    options = info.get("convert_options", {}) or {}
+    return (isinstance(source, (str, os.PathLike)) and not is_model_dir(source)
+            and not (options.get("pretrained") or options.get("checkpoint")))
 
 
 def _loss_config(config: dict[str, Any], net: AdaptiveNet, info: dict[str, Any]) -> LossConfig:
@@ -227,6 +253,7 @@ def prepare_session(
     notes: list[str] = []
     set_seed(config["seed"])
     data = _load_data(info, config, accelerator)
+    _check_data_sizes(data, info, resume)
     net = _open_net(source, run, resume, config, info, data, notes)
     if net.features_only:
         raise AdnifyError("this is a features_only backbone (feature maps, no classifier head): adnify train trains "
@@ -234,6 +261,7 @@ def prepare_session(
     _fit_labels(data, net, config["labels"] != "none", notes)
     if not resume:  # whether the start holds trained weights the original-teacher term can learn from
         info["pretrained"] = _from_pretrained(source, info, notes)
+        info["random_weights"] = _random_start(source, info)
     loss = _loss_config(config, net, info)
     # With train_params: skip_norms the super-net *is* the converted model, so it is its own teacher.
     label_free_teacher = config["labels"] == "none" and config["train_params"] != "skip_norms"
@@ -263,6 +291,9 @@ def prepare_session(
     lr = resolve_lr(config, config["batch_size"] * world)
     info.update(lr=lr, global_batch_size=config["batch_size"] * world, processes=world)
     transforms = build_transforms(net, config)
+    # The model carries its input size and evaluation transform: a copied final/ is measured as trained.
+    net.source["data_config"] = {k: list(v) if isinstance(v, tuple) else v
+                                 for k, v in eval_data_config(net, transforms.input_size).items()}
     saved_config = config
     config = {**config, "workers": min(config["workers"], os.cpu_count() or 1)}
     loader, sampler = train_loader(data, transforms.train, config, world)

@@ -63,13 +63,16 @@ def test_plain_table_files_read_as_data(tmp_path, kind):
     assert (len(data.train), len(data.validation), data.num_classes) == (8, 2, 3)
 
 
-def test_a_corrupt_image_names_its_row(tmp_path):
+def test_a_corrupt_image_is_marked_in_its_batch_and_named_by_its_file(tmp_path):
+    from adnify.io.images import BROKEN
+
     path = tmp_path / "bad.parquet"
     _table(6, bad_row=4).to_parquet(str(path))
     data = load_image_data(str(path), val_split=0)
-    loader = make_loader(data.train, data, lambda im: __import__("torch").zeros(3, 2, 2), batch_size=6)
-    with pytest.raises(AdnifyError, match=r"the image in row 4 \(img4.png\) of .* cannot be decoded"):
-        next(iter(loader))
+    batch = next(iter(make_loader(data.train, data, lambda im: __import__("torch").zeros(3, 2, 2), batch_size=6)))
+    images, labels = batch
+    assert images.shape == (6, 3, 2, 2) and labels[4] == BROKEN and (labels[:4] != BROKEN).all()
+    assert len(batch.broken) == 1 and batch.broken[0].startswith("img4.png (UnidentifiedImageError")
 
 
 def test_bad_columns_splits_and_labels_say_what_there_is(hub_layout):
@@ -86,7 +89,7 @@ def test_bad_columns_splits_and_labels_say_what_there_is(hub_layout):
         check_labels(data, 10)
 
 
-def test_a_corrupt_image_found_in_a_loader_worker_is_one_line_on_stderr(tmp_path):
+def test_a_corrupt_image_found_in_a_loader_worker_is_skipped_with_one_line_on_stderr(tmp_path):
     import subprocess
     import sys
 
@@ -97,6 +100,7 @@ def test_a_corrupt_image_found_in_a_loader_worker_is_one_line_on_stderr(tmp_path
     done = subprocess.run([sys.executable, "-m", "adnify", "report", str(tmp_path / "m"), "-p", "super", "--data",
                            str(tmp_path / "bad.parquet"), "--num-workers", "1", "--input-size", "3,32,32"],
                           capture_output=True, text=True, timeout=300)
-    assert done.returncode == 1
-    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "row 4 (img4.png)" in errors[0] and "Traceback" not in done.stderr
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if "cannot be decoded" in line]
+    assert len(warnings) == 1 and "img4.png" in warnings[0] and "Traceback" not in done.stderr
+    assert "examples=5" in done.stdout and "broken_images=1" in done.stdout

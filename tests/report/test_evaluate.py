@@ -98,7 +98,7 @@ def test_the_layout_changes_results_by_float_rounding_only_and_is_recorded():
     plain = evaluate_patterns(net, net.patterns(), loader, agreement=True, progress=False,
                               layout=Layout("contiguous"))  # the batch as one NCHW pass, as before
     assert fast == {"evaluation": "pattern tree (shared prefixes computed once)", "memory_format": "channels_last",
-                    "forward_batch": CPU_FORWARD_BATCH}
+                    "forward_batch": CPU_FORWARD_BATCH, "broken_images": 0, "broken_names": []}
     for p, r in chosen.items():
         assert (r.acc1, r.acc5, r.agreement) == (plain[p].acc1, plain[p].acc5, plain[p].agreement), p
         assert r.kl_to_super == pytest.approx(plain[p].kl_to_super, rel=1e-4, abs=1e-7), p

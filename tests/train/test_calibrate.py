@@ -65,3 +65,11 @@ def test_zero_epochs_is_a_clear_error():
 
     with pytest.raises(adnify.AdnifyError, match="--max-steps 0"):
         load_recipe("finetune", {"epochs": 0})
+
+
+def test_a_last_batch_of_one_image_is_dropped_not_an_error():
+    torch.manual_seed(0)
+    net = adnify.convert("resnet18", **TINY)
+    one = [(torch.randn(1, 3, 32, 32), torch.zeros(1))]
+    assert calibrate_skip_norms(net, batches(2) + one, max_images=100) == 16  # 8 + 8; the single image left out
+    assert calibrate_skip_norms(net, batches(3), max_images=17) == 16  # cut to one image: left out too
