@@ -1,8 +1,8 @@
 """One prepared GPU check: what no CPU can show, measured in one short run (issue 34).
 
-Six sections, each a set of ratios measured side by side in this one run, written as one JSON
-document (to ``--output`` after every section, so a run cut short keeps what it measured, and on
-stdout at the end) with a short table on stderr:
+Six sections, run in this order, each a set of ratios measured side by side in this one run, written
+as one JSON document (to ``--output`` after every section, so a run cut short keeps what it measured,
+and on stdout at the end) with a short table on stderr:
 
 train    ADN steps (the recipe's default ``order`` and the other one) against a plain step of the same
          network, under fp16 (accelerate's gradient scaler) and bf16: step-time and peak-memory ratios,
@@ -11,18 +11,18 @@ train    ADN steps (the recipe's default ``order`` and the other one) against a 
 latency  every sub-network's latency over the super-net's, beside its MACs ratio, at batch 1 and 64,
          fp32 and fp16; channels-last against NCHW for convnets (the faster one times the patterns).
          ResNet-50, Swin-T, ViT-B/16 (the paper's Table 1).
-switch   ``set_subnet`` and the first call after a switch, eager and under ``torch.compile``: whether each
-         pattern compiles anew, what that costs, and the projected cost of compiling every depth.
 loader   the training loader's images/s (the recipe's augmentation, every CPU as a worker, full-size
          JPEGs) against the ADN step's images/s from ``train``: the share of a step the GPU would wait.
 ddp      ``accelerate launch`` with 1 and with 2 processes on the same global batch: per-step losses.
+switch   ``set_subnet`` and the first call after a switch, eager and under ``torch.compile``: whether each
+         pattern compiles anew, what that costs, and the projected cost of compiling every depth.
 onnx     the dynamic-depth ONNX file against static exports, under onnxruntime's CUDA provider.
 
 Each section runs inside its own ``try``: a failure is recorded (error and traceback tail) and the
 others still run. A global budget (``--budget-s``, 460 s by default so that start-up fits in 8 min)
 skips a section, with a note, when its estimated cost no longer fits. Random weights, models built
-locally, no downloads. ``--smoke`` runs the same code on the CPU with tiny shapes (fp16 training
-becomes fp32 there: fp16 autocast needs CUDA).
+locally, no downloads. ``--smoke`` runs the same code on the CPU with tiny shapes, one thread (fp16
+becomes fp32 for training and bf16 for inference there: fp16 autocast needs CUDA).
 
     python benchmarks/device_check.py --output device-check.json          # on a GPU, about 7 min
     python benchmarks/device_check.py --smoke --output /tmp/smoke.json     # on any CPU, 1-3 min
@@ -51,7 +51,8 @@ from typing import Any, Callable
 
 import torch
 
-SECTIONS = ("train", "latency", "switch", "loader", "ddp", "onnx")  # run in this order: most wanted first
+# Run in this order: the compile-bound switch section, whose cost varies most, after the predictable ones.
+SECTIONS = ("train", "latency", "loader", "ddp", "switch", "onnx")
 TRAIN_MODELS = {"resnet50": "resnet", "vit_small_patch16_224": "deit"}  # model -> the recipe it trains with
 LATENCY_MODELS = ("resnet50", "swin_tiny_patch4_window7_224", "vit_base_patch16_224")
 ONE_MODEL = "resnet50"  # switch, ddp and onnx
@@ -99,7 +100,8 @@ class Profile:
     @classmethod
     def smoke_run(cls) -> "Profile":
         return cls(smoke=True, device="cpu", train_batch=4, train_steps=4, train_warmup=1, latency_batches=(1, 2),
-                   latency_warmup=1, latency_repeats=2, latency_patterns=3, switch_batch=2, switch_repeats=3, extra_compiled_patterns=1,
+                   latency_warmup=1, latency_repeats=2, latency_patterns=3, switch_batch=2, switch_repeats=3,
+                   extra_compiled_patterns=1,
                    compile_backend="eager", loader_seconds=2.0, loader_workers=min(2, len(os.sched_getaffinity(0))),
                    ddp_global_batch=4, ddp_steps=3, onnx_patterns=("base",), onnx_repeats=3)
 
@@ -424,7 +426,8 @@ def section_switch(profile: Profile, models: list[str], budget: Budget) -> dict[
     patterns = net.patterns()
     super_p, base_p = patterns[0], patterns[-1]
     n = profile.switch_repeats
-    out: dict[str, Any] = {"model": ONE_MODEL, "batch_size": profile.switch_batch, "dtype": str(dtype).removeprefix("torch."),
+    out: dict[str, Any] = {"model": ONE_MODEL, "batch_size": profile.switch_batch,
+                           "dtype": str(dtype).removeprefix("torch."),
                            "backend": profile.compile_backend, "patterns": len(patterns)}
     # set_subnet alone: flag flips on the host, alternating between two patterns
     flips = []
@@ -467,8 +470,8 @@ def section_switch(profile: Profile, models: list[str], budget: Budget) -> dict[
         extra = [p for p in patterns[1:-1]][: profile.extra_compiled_patterns]
         per_pattern = []
         for p in extra:  # what one more depth costs the first time it runs compiled
-            if per_pattern and not budget.fits(2 * max(per_pattern) / 1000):
-                break
+            if not budget.fits(2 * max([compile_base, *per_pattern]) / 1000):
+                break  # recorded as fewer extra patterns
             net.set_subnet(p)
             per_pattern.append(_timed(device, lambda: compiled(x)))
         graphs_extra = _graphs()
@@ -790,8 +793,8 @@ def summary_rows(doc: dict[str, Any]) -> list[tuple[str, str, str]]:
                      f"all {sw['patterns']} patterns ~{c['projected_all_patterns_compile_s']} s"))
     for model, e in s.get("loader", {}).get("models", {}).items():
         share = e.get("gpu_wait_share")
-        rows.append(("loader", f"{e['recipe']} recipe", f"{e['images_per_s']} images/s" +
-                     (f" vs ADN step {e['adn_step_images_per_s']} images/s: GPU waits {share:.0%}" if share is not None else "")))
+        versus = "" if share is None else f" vs ADN step {e['adn_step_images_per_s']} images/s: GPU waits {share:.0%}"
+        rows.append(("loader", f"{e['recipe']} recipe", f"{e['images_per_s']} images/s{versus}"))
     ddp = s.get("ddp", {})
     if "same_losses" in ddp:
         rows.append(("ddp", f"2 processes ({ddp['backend'] or 'default'})", f"same losses: {ddp['same_losses']} "
