@@ -100,6 +100,13 @@ def test_an_unknown_model_is_one_line_that_lists_the_known_ones(check, capsys, t
     assert not (tmp_path / "x.json").exists()
 
 
+def test_an_unknown_section_is_one_line_that_lists_the_sections(check, capsys):
+    assert check.main(["--smoke", "--sections", "train,compile"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "'compile'" in err
+    assert all(name in err for name in check.SECTIONS)
+
+
 def test_without_a_gpu_it_asks_for_smoke_instead_of_running_on_the_cpu(check, capsys, monkeypatch, tmp_path):
     monkeypatch.setattr(check.torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(check, "section_train", lambda *a: pytest.fail("a section ran without a GPU"))
