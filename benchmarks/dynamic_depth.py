@@ -50,9 +50,10 @@ def main() -> None:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
 
 
-def measure(net: Any, patterns: list[str], folder: Path, size: tuple[int, ...],
-            args: argparse.Namespace) -> dict[str, Any]:
-    """Export ``patterns`` and the dynamic file into ``folder``; time both side by side."""
+def measure(net: Any, patterns: list[str], folder: Path, size: tuple[int, ...], args: argparse.Namespace,
+            providers: tuple[str, ...] | list[str] = ("CPUExecutionProvider",)) -> dict[str, Any]:
+    """Export ``patterns`` and the dynamic file into ``folder``; time both side by side under ``providers``
+    (``benchmarks/device_check.py`` passes onnxruntime's CUDA provider)."""
     import onnxruntime as ort
 
     from adnify.export import export_dynamic
@@ -65,8 +66,8 @@ def measure(net: Any, patterns: list[str], folder: Path, size: tuple[int, ...],
           flush=True)
     options = ort.SessionOptions()
     options.intra_op_num_threads = args.threads
-    dynamic = ort.InferenceSession(str(dynamic_file), options, providers=["CPUExecutionProvider"])
-    static = {p: ort.InferenceSession(str(f), options, providers=["CPUExecutionProvider"])
+    dynamic = ort.InferenceSession(str(dynamic_file), options, providers=list(providers))
+    static = {p: ort.InferenceSession(str(f), options, providers=list(providers))
               for p, f in static_files.items()}
     x = np.random.default_rng(0).standard_normal((args.batch_size, *size), dtype=np.float32)
     runs = {("dynamic", p): (lambda p=p: dynamic.run(None, {"input": x, "skip": np.array([c == "T" for c in p])}))
@@ -88,7 +89,7 @@ def measure(net: Any, patterns: list[str], folder: Path, size: tuple[int, ...],
     ratio = {p: median[("dynamic", p)] / median[("static", p)] for p in patterns}
     result = {
         "model": args.model, "input_size": list(size), "batch_size": args.batch_size, "threads": args.threads,
-        "repeats": args.repeats,
+        "repeats": args.repeats, "session_providers": dynamic.get_providers(),  # onnxruntime falls back silently
         "dynamic_ms": {p: median[("dynamic", p)] for p in patterns},
         "static_ms": {p: median[("static", p)] for p in patterns},
         "ratio": ratio, "ratio_median": statistics.median(ratio.values()), "ratio_max": max(ratio.values()),

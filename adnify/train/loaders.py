@@ -52,7 +52,37 @@ def build_transforms(net: AdaptiveNet, config: dict[str, Any]) -> Transforms:
         color_jitter=config["color_jitter"], auto_augment=config["aa"], interpolation=config["train_interpolation"],
         re_prob=config["reprob"], mean=data_cfg["mean"], std=data_cfg["std"],
     )
+    _posterize_any_pillow(train)
     return Transforms(train, eval_transform(net, size), size)
+
+
+def _posterize(img: Any, bits_to_keep: int, **_: Any) -> Any:
+    """timm's posterize, with 0 bits kept giving a black image as Pillow < 13 did (Pillow 13 raises)."""
+    from PIL import Image
+    from timm.data.auto_augment import posterize
+
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)
+    return posterize(img, bits_to_keep)
+
+
+def _posterize_any_pillow(transform: Any) -> int:
+    """Give the posterize ops of timm's RandAugment/AutoAugment inside ``transform`` :func:`_posterize`.
+
+    RandAugment with increasing magnitudes (the ``deit`` and ``swin`` recipes' ``rand-m9-mstd0.5-inc1``)
+    asks to keep 0 bits when the sampled magnitude reaches its maximum, for a few images in a thousand;
+    timm passes that to Pillow, which raises from version 13 on and stops the training run.
+    Returns the number of ops patched.
+    """
+    from timm.data.auto_augment import posterize
+
+    patched = 0
+    for t in getattr(transform, "transforms", []):
+        for op in getattr(t, "ops", []):
+            if getattr(op, "aug_fn", None) is posterize:
+                op.aug_fn = _posterize
+                patched += 1
+    return patched
 
 
 class EpochSampler(torch.utils.data.Sampler):
