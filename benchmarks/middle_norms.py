@@ -22,6 +22,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import adnify
@@ -46,7 +47,9 @@ def main() -> None:
     size = (3, args.input_size, args.input_size)
     data = load_image_data(args.data, split="test", label_column=args.label_column)
     test = eval_loader(net, data, batch_size=256, num_workers=2, input_size=size)
-    calib = make_loader(data.train.select(range(min(args.images, len(data.train)))), data,
+    # A seeded random sample: data sets are often stored sorted by class, and the first rows are one class.
+    picked = np.sort(np.random.default_rng(0).permutation(len(data.train))[: args.images])
+    calib = make_loader(data.train.select(picked), data,
                         eval_transform(net, size), batch_size=128, shuffle=True, num_workers=2, seed=0)
     patterns = net.patterns()
     users = [p for p in patterns if "T" in p]  # the patterns that use at least one copy
