@@ -188,9 +188,10 @@ def train_loader(data: ImageData, transform: Callable, config: dict[str, Any], n
     return loader, sampler
 
 
-def calibration_loader(data: ImageData, transform: Callable, config: dict[str, Any]) -> Any:
-    """Training images with evaluation transforms, a seeded random ``calibrate_skip_norms`` of them, or None."""
-    count = config["calibrate_skip_norms"]
+def calibration_loader(data: ImageData, transform: Callable, config: dict[str, Any],
+                       key: str = "calibrate_skip_norms") -> Any:
+    """Training images with evaluation transforms, a seeded random ``config[key]`` of them, or None."""
+    count = config[key]
     if count <= 0 or data.train is None or len(data.train) == 0:
         return None
     order = np.random.default_rng(config["seed"]).permutation(len(data.train))[:count]

@@ -102,6 +102,24 @@ def _calibrate(session: Session, progress: TrainProgress) -> None:
         progress.print(f"skip-aware norm statistics re-estimated on {count:,} training images ({seconds:.0f} s)")
 
 
+def _recalibrate(session: Session, progress: TrainProgress) -> None:
+    """After the last step: the copies' statistics over every sub-network that uses a copy (EMA weights too)."""
+    from .calibrate import calibrate_skip_norms
+
+    began = time.perf_counter()
+    count = 0
+    for net in _eval_nets(session).values():
+        users = [p for p in net.patterns() if "T" in p]
+        count = calibrate_skip_norms(net, session.recalibration_loader, device=session.accelerator.device,
+                                     max_images=session.config["recalibrate_skip_norms"], patterns=users)
+    seconds = time.perf_counter() - began
+    if session.accelerator.is_main_process:
+        session.run.log({"kind": "recalibration", "step": session.state.step, "images": count,
+                         "seconds": round(seconds, 1)})
+        progress.print(f"skip-aware norm statistics re-estimated under every sub-network on {count:,} training images "
+                       f"({seconds:.0f} s)")
+
+
 def _evaluate(session: Session, progress: TrainProgress, phase: str | None = None) -> dict[str, Any] | None:
     """Accuracy of the super- and base-net (a baseline: its own pattern) on the validation split."""
     from ..report.evaluate import evaluate_patterns
@@ -347,6 +365,9 @@ def run_loop(
                 session.scheduler.step(state.epoch)
                 began = time.perf_counter()
                 every = cfg["eval_every_epochs"]  # 0: never
+                if state.epoch == session.total_epochs and session.recalibration_loader is not None \
+                        and not session.baseline:
+                    _recalibrate(session, bar)
                 if every and (state.epoch % every == 0 or state.epoch == session.total_epochs):
                     evaluation = _evaluate(session, bar)
                     _train_mode(session)

@@ -154,6 +154,10 @@ SCHEMA: dict[str, _Key] = {
     "labels": _Key("auto", str, "auto: use the dataset's labels; none: the original model is the teacher",
                    choices=("auto", "none")),
     "freeze_bn_stats": _Key(False, bool, "keep BatchNorm running statistics fixed (fine-tuning)"),
+    "recalibrate_skip_norms": _Key(0, int, "after the last step, re-estimate the BatchNorm statistics of the "
+                                   "skip-aware norm copies on this many training images, under every sub-network "
+                                   "that uses a copy in turn (their running averages were taken under the base-net "
+                                   "alone, which misfits the sub-networks between the ends); 0 = off", **_NONNEG),
     "calibrate_skip_norms": _Key(0, int, "before training, re-estimate the BatchNorm statistics of the skip-aware "
                                  "norm copies over this many training images (base-net, no gradients); 0 = off", **_NONNEG),
     # -- logging and checkpoints --------------------------------------------------------------

@@ -52,6 +52,7 @@ class Session:
     criterion: nn.Module
     mixup: Any = None
     calibration_loader: Any = None
+    recalibration_loader: Any = None
     teacher: nn.Module | None = None
     ema: Any = None
     state: TrainState = field(default_factory=TrainState)
@@ -300,6 +301,7 @@ def prepare_session(
     evaluation = None if data.validation is None else eval_loader(  # the pipeline of `adnify report`
         net, data, batch_size=config["batch_size"], num_workers=min(config["workers"], 2), input_size=transforms.input_size)
     calibration = calibration_loader(data, transforms.eval, config) if not pattern else None
+    recalibration = calibration_loader(data, transforms.eval, config, "recalibrate_skip_norms") if not pattern else None
     classes = head_size(net) or data.num_classes or 0
     mixup = build_mixup(config, classes)
     criterion = build_criterion(config, mixup is not None)
@@ -337,6 +339,7 @@ def prepare_session(
     return Session(
         accelerator=accelerator, run=run, config=config, info=info, data=data, net=net, trained=trained,
         model=model, optimizer=optimizer, scheduler=scheduler, total_epochs=total_epochs, train_loader=loader,
-        sampler=sampler, eval_loader=evaluation, calibration_loader=calibration, loss=loss, criterion=criterion,
+        sampler=sampler, eval_loader=evaluation, calibration_loader=calibration,
+        recalibration_loader=recalibration, loss=loss, criterion=criterion,
         mixup=mixup, teacher=teacher, ema=ema, state=state, notes=notes,
     )

@@ -73,3 +73,42 @@ def test_a_last_batch_of_one_image_is_dropped_not_an_error():
     one = [(torch.randn(1, 3, 32, 32), torch.zeros(1))]
     assert calibrate_skip_norms(net, batches(2) + one, max_images=100) == 16  # 8 + 8; the single image left out
     assert calibrate_skip_norms(net, batches(3), max_images=17) == 16  # cut to one image: left out too
+
+
+def test_the_copies_can_be_estimated_under_every_sub_network_in_turn():
+    """patterns=: one pattern per batch; a copy's statistics average what it meets in those sub-networks."""
+    torch.manual_seed(0)
+    net = adnify.convert("resnet18", **TINY).eval()
+    last = skip_norm_batchnorms(net)[-1]  # a copy in the last stage: its input depends on the stages before
+    seen = []
+    handle = last.register_forward_pre_hook(lambda _m, a: seen.append(a[0].detach().clone()))
+    calibrate_skip_norms(net, batches(4), max_images=32, patterns=["FFFT", "TTTT"])
+    handle.remove()
+    assert len(seen) == 4  # FFFT, TTTT, FFFT, TTTT: each runs the last stage's copies
+    per_batch = [t.mean(dim=(0, 2, 3)) for t in seen]
+    torch.testing.assert_close(last.running_mean, sum(per_batch) / 4, rtol=1e-5, atol=1e-6)
+    base_only = adnify.convert("resnet18", **TINY).eval()
+    base_only.load_state_dict(net.state_dict())
+    calibrate_skip_norms(base_only, batches(4), max_images=32)
+    assert not torch.allclose(skip_norm_batchnorms(base_only)[-1].running_mean, last.running_mean)
+
+
+def test_a_run_re_estimates_the_copies_under_every_sub_network_after_the_last_step(tmp_path):
+    from adnify.train import train
+
+    torch.manual_seed(0)
+    adnify.convert("resnet18", **TINY).save(str(tmp_path / "m"))
+    common = dict(input_size=(3, 32, 32), workers=0, batch_size=8, amp=False, epochs=1, epoch_images=16)
+    train(str(tmp_path / "m"), data="builtin:digits", output=tmp_path / "plain", recipe="resnet", progress=False,
+          overrides=common)
+    train(str(tmp_path / "m"), data="builtin:digits", output=tmp_path / "re", recipe="resnet", progress=False,
+          overrides=dict(common, recalibrate_skip_norms=48))
+    records = [json.loads(line) for line in (tmp_path / "re" / "metrics.jsonl").read_text().splitlines()]
+    kinds = [r["kind"] for r in records]
+    assert kinds.index("recalibration") < len(kinds) - 1 - kinds[::-1].index("eval")  # before the final evaluation
+    assert next(r for r in records if r["kind"] == "recalibration")["images"] == 48
+    plain, re = adnify.load(str(tmp_path / "plain")), adnify.load(str(tmp_path / "re"))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(re(x, skip="FFFF"), plain(x, skip="FFFF"), rtol=0, atol=0)  # the super-net: no copy
+        assert not torch.allclose(re(x, skip="TTTT"), plain(x, skip="TTTT"))
