@@ -136,21 +136,22 @@ def test_a_tolerance_or_patterns_the_study_cannot_score_are_one_line(claims, mon
     assert claims.check_patterns("TFFT", 4) == "TFFT,FFFF,TTTT"  # the ends are always scored
 
 
-def tiny_cifar(root: Path, n: int = 48) -> None:
+def tiny_cifar(root: Path, n: int = 48, name: str = "cifar10", classes: int = 10, side: int = 32,
+               splits: tuple[str, str] = ("train", "test")) -> None:
     """A CIFAR-10-shaped folder in the Hub layout (parquet): n training and n test images of 32 px."""
     import datasets
     import numpy as np
     from PIL import Image
 
     rng = np.random.default_rng(0)
-    for split in ("train", "test"):
+    for split in splits:
         labels = [i % 10 for i in range(n)]
-        images = [Image.fromarray((rng.random((32, 32, 3)) * 80 + 20 * (y % 5)).astype("uint8")) for y in labels]
+        images = [Image.fromarray((rng.random((side, side, 3)) * 80 + 20 * (y % 5)).astype("uint8")) for y in labels]
         ds = datasets.Dataset.from_dict({"image": images, "label": labels},
                                         features=datasets.Features({"image": datasets.Image(),
-                                                                    "label": datasets.ClassLabel(num_classes=10)}))
-        (root / "cifar10" / "data").mkdir(parents=True, exist_ok=True)
-        ds.to_parquet(str(root / "cifar10" / "data" / f"{split}-00000-of-00001.parquet"))
+                                                                    "label": datasets.ClassLabel(num_classes=classes)}))
+        (root / name / "data").mkdir(parents=True, exist_ok=True)
+        ds.to_parquet(str(root / name / "data" / f"{split}-00000-of-00001.parquet"))
 
 
 def test_every_variant_of_the_quick_study_trains_and_is_scored(claims, monkeypatch, tmp_path, capsys):
@@ -202,3 +203,61 @@ def test_a_cached_pretraining_made_with_other_settings_is_not_reused(claims, mon
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "pretrained with other settings" in err and "pretrain.json" in err
+
+
+@pytest.mark.parametrize("setting", ["vit-quick", "swin-quick"])
+def test_the_transformer_settings_train_every_end_with_their_recipes(claims, monkeypatch, tmp_path, setting):
+    """vit-quick and swin-quick: the deit / swin recipe, shortened, on CIFAR-shaped data (a step here)."""
+    import torch
+
+    tiny_cifar(tmp_path / "data", n=24)
+    quick = claims.SETTINGS[setting]
+    monkeypatch.setitem(claims.SETTINGS, setting, {
+        **quick, "train_images": 16, "test_images": 8,
+        "overrides": {**quick["overrides"], "epochs": 1, "batch_size": 8, "workers": 0, "warmup_epochs": 0,
+                      "epoch_images": 8, "log_interval": 1}})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run(claims, monkeypatch, "--setting", setting, "--variants", "adn,super,base", "-o", str(tmp_path / "out"),
+            "--data-root", str(tmp_path / "data"))
+    finally:
+        torch.set_num_threads(threads)
+    doc = json.loads((tmp_path / "out" / "claims.json").read_text())
+    assert len(doc["adn"]["top1"]) == 16 and doc["adn"]["middle"] is not None
+    config = (tmp_path / "out" / "adn-s0" / "config.yaml").read_text()
+    assert "opt: adamw" in config and "model_ema: false" in config and "mixup: 0.0" in config
+
+
+def test_vit_finetune_pretrains_once_then_fine_tunes_every_variant_from_it(claims, monkeypatch, tmp_path):
+    import torch
+
+    tiny_cifar(tmp_path / "data", n=24)
+    tiny_cifar(tmp_path / "data", n=24, name="tiny-imagenet", classes=202, side=64, splits=("train", "validation"))
+    fine = claims.SETTINGS["vit-finetune"]
+    shrink = {"epochs": 1, "batch_size": 8, "workers": 0, "warmup_epochs": 0, "epoch_images": 8, "log_interval": 1}
+    monkeypatch.setitem(claims.SETTINGS, "vit-finetune", {
+        **fine, "train_images": 16, "test_images": 8, "overrides": {**fine["overrides"], **shrink},
+        "pretrain": {**fine["pretrain"], "overrides": {**fine["pretrain"]["overrides"], **shrink, "eval_images": 8}}})
+    out = tmp_path / "out"
+    args = ("--setting", "vit-finetune", "-o", str(out), "--data-root", str(tmp_path / "data"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run(claims, monkeypatch, *args, "--variants", "adn,super")
+        assert (out / "pretrain" / "final" / "adnify.json").exists()
+        real_train = __import__("adnify.train", fromlist=["train"]).train
+
+        def no_pretraining(source, **kwargs):
+            assert not kwargs.get("baseline") or kwargs.get("output") != out / "pretrain", "pretrained twice"
+            return real_train(source, **kwargs)
+
+        monkeypatch.setattr("adnify.train.train", no_pretraining)
+        run(claims, monkeypatch, *args, "--variants", "base")
+    finally:
+        torch.set_num_threads(threads)
+    for variant in ("adn", "super", "base"):
+        source = json.loads((out / f"{variant}-s0" / "run.json").read_text())
+        assert str(out / "pretrain" / "final") in json.dumps(source)
+    doc = json.loads((out / "claims.json").read_text())
+    assert set(doc["_runs"]) == {"adn@0", "super@0", "base@0"} and len(doc["adn"]["top1"]) == 16
