@@ -11,6 +11,10 @@ scores a trained ADN run three ways, on the same test images:
 - ``mixture``: one set of statistics re-estimated under every pattern that uses a copy, in turn (what
   a deployed network can keep: ``calibrate_skip_norms(..., patterns=...)``).
 
+``--paired`` also gives, per pattern as trained, the standard error of its top-1 minus the base-net's on
+these images (paired: both score the same images), and the worst of the differences that chance alone
+would give if every sub-network were as good as the base-net (a normal approximation, 10,000 draws).
+
     python benchmarks/middle_norms.py RUN_DIR --data runs/c31/data -o middle-norms.json
 """
 
@@ -41,6 +45,7 @@ def main() -> None:
     parser.add_argument("--input-size", type=int, default=32)
     parser.add_argument("--images", type=int, default=2000, help="training images per re-estimation")
     parser.add_argument("-o", "--output", type=Path, default=None, help="write the figures as JSON here")
+    parser.add_argument("--paired", action="store_true", help="only the paired standard errors against the base-net")
     args = parser.parse_args()
     torch.manual_seed(0)
     net = adnify.load(str(args.run)).eval()
@@ -52,6 +57,9 @@ def main() -> None:
     calib = make_loader(data.train.select(picked), data,
                         eval_transform(net, size), batch_size=128, shuffle=True, num_workers=2, seed=0)
     patterns = net.patterns()
+    if args.paired:
+        paired(net, patterns, test, args.output)
+        return
     users = [p for p in patterns if "T" in p]  # the patterns that use at least one copy
     acc = {"trained": {p: r.acc1 for p, r in evaluate_patterns(net, patterns, test, progress=False).items()}}
     acc["per_pattern"] = {}
@@ -71,6 +79,37 @@ def main() -> None:
         print(f"| {p} | {acc['trained'][p]:.2f} | {acc['per_pattern'][p]:.2f} | {acc['mixture'][p]:.2f} |")
     if args.output:
         atomic_write_text(args.output, json.dumps({"run": str(args.run), "top1": acc}, indent=2) + "\n")
+
+
+def paired(net: torch.nn.Module, patterns: list[str], test, output: Path | None) -> None:
+    """Per-image correctness of every pattern; the paired standard error of each against the base-net."""
+    correct = {p: [] for p in patterns}
+    with torch.no_grad():
+        for images, labels in test:
+            for p in patterns:
+                correct[p].append((net(images, skip=p).argmax(1) == labels).float())
+    hits = {p: torch.cat(v) for p, v in correct.items()}
+    base = hits["T" * net.num_stages]
+    n = base.numel()
+    rows = {}
+    for p in patterns:
+        diff = hits[p] - base
+        rows[p] = {"top1": float(hits[p].mean() * 100), "minus_base": float(diff.mean() * 100),
+                   "paired_se": float(diff.std() / n ** 0.5 * 100)}
+    middle = [p for p in patterns if len(set(p)) == 2]
+    se = torch.tensor([rows[p]["paired_se"] for p in middle])
+    # The worst of the middle's differences if each were pure noise of its own standard error (independent draws
+    # overstate it a little: the differences share the base-net's errors).
+    chance = (torch.randn(10000, len(middle), generator=torch.Generator().manual_seed(0)) * se).min(1).values
+    summary = {"images": n, "median_paired_se": float(se.median()), "chance_worst_median": float(chance.median()),
+               "chance_worst_p90": float(chance.quantile(0.1))}
+    print("| pattern | top-1 | minus base | paired s.e. |\n| --- | ---: | ---: | ---: |")
+    for p, r in rows.items():
+        print(f"| {p} | {r['top1']:.2f} | {r['minus_base']:+.2f} | {r['paired_se']:.2f} |")
+    print(f"worst of the {len(middle)} middle differences by chance alone: median {summary['chance_worst_median']:.2f},"
+          f" 1 in 10 below {summary['chance_worst_p90']:.2f}")
+    if output:
+        atomic_write_text(output, json.dumps({"rows": rows, **summary}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
