@@ -347,10 +347,13 @@ def plot(path: Path, summary: dict[str, Any], study: dict[str, Any]) -> None:
         if name == "naive" or len(s["top1"]) < 3:
             continue
         mid = s["middle"]
-        order = sorted(s["top1"], key=lambda p: s["macs"][p])
-        ax.plot([s["macs"][p] / 1e9 for p in order], [s["top1"][p] for p in order], "o-", ms=3, lw=0.8,
-                label=f"{'ADN' if name == 'adn' else name}, all sub-networks (worst − base {mid['worst_vs_base']:+.1f}, "
-                      f"{mid['violations']} violations)")
+        # Every sub-network as a dot; a line through the worst at each cost, the curve a budget can fall to.
+        dots = ax.plot([s["macs"][p] / 1e9 for p in s["top1"]], list(s["top1"].values()), "o", ms=3, alpha=0.6,
+                       label=f"{'ADN' if name == 'adn' else name}, every sub-network (worst − base "
+                             f"{mid['worst_vs_base']:+.1f}, {mid['violations']} violations); line: worst per cost")
+        costs = sorted({s["macs"][p] for p in s["top1"]})
+        ax.plot([m / 1e9 for m in costs], [min(v for p, v in s["top1"].items() if s["macs"][p] == m) for m in costs],
+                "-", lw=0.8, color=dots[0].get_color())
     if len(summary.get("naive", {}).get("top1", {})) > 2:  # naive dropping has every pattern too: the fair foil
         naive = summary["naive"]
         ax.plot([naive["macs"][p] / 1e9 for p in naive["top1"]], list(naive["top1"].values()), ".", color="tab:red",
