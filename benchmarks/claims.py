@@ -49,7 +49,7 @@ HERE = Path(__file__).resolve().parent
 SHARED = HERE.parent.parent / "shared" / "data"
 
 VARIANTS = ("adn", "super", "base", "naive", "start", "shared_norms", "no_distill", "logit_only", "paper", "official",
-            "no_base_labels", "half_base_labels", "pooled_kd", "pooled_kd10", "middle", "middle_pooled")
+            "no_base_labels", "half_base_labels", "pooled_kd", "pooled_kd10", "middle", "copies", "middle_pooled")
 ABLATIONS = {"shared_norms": {"shared_norms": True}, "no_distill": {"distill": False},
              "logit_only": {"feature_kd": "none"}, "paper": {"loss_preset": "paper"},
              "official": {"loss_preset": "official"}, "no_base_labels": {"base_label_weight": 0.0},
@@ -58,7 +58,9 @@ ABLATIONS = {"shared_norms": {"shared_norms": True}, "no_distill": {"distill": F
              "pooled_kd": {"feature_kd": "pooled"},
              "pooled_kd10": {"feature_kd": "pooled", "kd_weight_features": 10.0},
              "middle": {"middle_prob": 0.5},
-             "middle_pooled": {"middle_prob": 0.5, "feature_kd": "pooled"}}
+             "middle_pooled": {"middle_prob": 0.5, "feature_kd": "pooled"},
+             # Since 0.3 the recipes share their norms: the paper's skip-aware copies (re-estimated) are a variant.
+             "copies": {"shared_norms": False}}
 #: A sub-network may score this much (top-1 points) below one that runs a subset of its blocks.
 TOLERANCE = 1.0
 
