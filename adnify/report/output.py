@@ -67,8 +67,9 @@ def _sorted(rows: list[Row]) -> list[Row]:
     return sorted(rows, key=lambda r: (-r["gmacs"], r["pattern"]))
 
 
-def _columns(rows: list[Row]) -> list[tuple[str, Any]]:
-    """(header, row -> text) for the metrics present in ``rows``."""
+def _columns(rows: list[Row], beaten: dict[str, tuple[str, float]]) -> list[tuple[str, Any]]:
+    """(header, row -> text) for the metrics present in ``rows``, and "Beaten by" when a sub-network in
+    ``beaten`` (:func:`~adnify.report.selection.beaten_by`) costs more than another and scores lower."""
     cols: list[tuple[str, Any]] = [
         ("Pattern", lambda r: r["pattern"]),
         ("Skipped blocks", lambda r: str(r["skipped_blocks"])),
@@ -85,13 +86,15 @@ def _columns(rows: list[Row]) -> list[tuple[str, Any]]:
     for key, header in (("acc1", "Top-1 %"), ("acc5", "Top-5 %"), ("agreement", "Agreement %")):
         if has_metric(rows, key):
             cols.append((header, lambda r, k=key: "-" if r.get(k) is None else f"{r[k]:.2f}"))
+    if beaten:
+        cols.append(("Beaten by", lambda r: "" if r["pattern"] not in beaten else
+                     f"{beaten[r['pattern']][0]} (+{beaten[r['pattern']][1]:.2f})"))
     return cols
 
 
-def _footnote(rows: list[Row]) -> str:
+def _footnote(rows: list[Row], beaten: dict[str, tuple[str, float]]) -> str:
     score = default_score(rows)
     what = "deeper" if score == "depth" else f"higher {_SCORE_LABELS[score]}"
-    beaten = beaten_by(rows, score=score)
     return (f"* Pareto-optimal: no other sub-network has fewer GMACs and {what}. "
             + (f"{len(beaten)} of {len(rows)} sub-networks are beaten by a cheaper one (column 'Beaten by'). "
                if beaten else "")
@@ -104,13 +107,10 @@ def _context_line(context: dict | None) -> str:
 
 def render_table(rows: list[Row], *, title: str, context: dict | None = None) -> Table:
     """A rich table sorted by GMACs (largest first), Pareto-optimal rows marked ``*``."""
-    front = pareto_front(rows, score=default_score(rows))
-    beaten = beaten_by(rows, score=default_score(rows))
-    cols = _columns(rows)
-    if beaten:  # a dominated sub-network: costs more than another and scores lower
-        cols.append(("Beaten by", lambda r: "" if r["pattern"] not in beaten else
-                     f"{beaten[r['pattern']][0]} (+{beaten[r['pattern']][1]:.2f})"))
-    caption = "\n".join(filter(None, [_context_line(context), _footnote(rows)]))
+    score = default_score(rows)
+    front, beaten = pareto_front(rows, score=score), beaten_by(rows, score=score)
+    cols = _columns(rows, beaten)
+    caption = "\n".join(filter(None, [_context_line(context), _footnote(rows, beaten)]))
     table = Table(title=title, caption=caption, caption_justify="left")
     table.add_column("", width=1)
     for i, (header, _) in enumerate(cols):
@@ -163,8 +163,9 @@ def to_csv(rows: list[Row]) -> str:
 
 def to_markdown(rows: list[Row], *, context: dict | None) -> str:
     """A Markdown report: the context as a list, then the table of :func:`render_table`."""
-    front = pareto_front(rows, score=default_score(rows))
-    cols = _columns(rows)
+    score = default_score(rows)
+    front, beaten = pareto_front(rows, score=score), beaten_by(rows, score=score)
+    cols = _columns(rows, beaten)
     lines = [f"- **{k}**: {v}" for k, v in (context or {}).items() if v is not None]
     if lines:
         lines.append("")
@@ -172,7 +173,7 @@ def to_markdown(rows: list[Row], *, context: dict | None) -> str:
     lines.append("|---|" + "|".join("---" if i == 0 else "---:" for i in range(len(cols))) + "|")
     for r in _sorted(rows):
         lines.append(f"| {'*' if r['pattern'] in front else ''} | " + " | ".join(fmt(r) for _, fmt in cols) + " |")
-    lines += ["", _footnote(rows), ""]
+    lines += ["", _footnote(rows, beaten), ""]
     return "\n".join(lines)
 
 

@@ -90,34 +90,27 @@ def _eval_nets(session: Session) -> dict[str, Any]:
     return nets
 
 
-def _calibrate(session: Session, progress: TrainProgress) -> None:
+def _calibrate(session: Session, progress: TrainProgress, *, after_training: bool = False) -> None:
+    """Re-estimate the skip-aware norm copies' statistics: before the first step under the base-net
+    (``calibrate_skip_norms``), or after the last under every sub-network that uses a copy, the EMA
+    weights too (``recalibrate_skip_norms``)."""
     from .calibrate import calibrate_skip_norms
 
-    began = time.perf_counter()
-    count = calibrate_skip_norms(session.net, session.calibration_loader,
-                                 max_images=session.config["calibrate_skip_norms"], device=session.accelerator.device)
-    seconds = time.perf_counter() - began
-    if session.accelerator.is_main_process:
-        session.run.log({"kind": "calibration", "step": 0, "images": count, "seconds": round(seconds, 1)})
-        progress.print(f"skip-aware norm statistics re-estimated on {count:,} training images ({seconds:.0f} s)")
-
-
-def _recalibrate(session: Session, progress: TrainProgress) -> None:
-    """After the last step: the copies' statistics over every sub-network that uses a copy (EMA weights too)."""
-    from .calibrate import calibrate_skip_norms
-
+    key = "recalibrate_skip_norms" if after_training else "calibrate_skip_norms"
+    loader = session.recalibration_loader if after_training else session.calibration_loader
+    nets = list(_eval_nets(session).values()) if after_training else [session.net]
     began = time.perf_counter()
     count = 0
-    for net in _eval_nets(session).values():
-        users = [p for p in net.patterns() if "T" in p]
-        count = calibrate_skip_norms(net, session.recalibration_loader, device=session.accelerator.device,
-                                     max_images=session.config["recalibrate_skip_norms"], patterns=users)
+    for net in nets:
+        patterns = [p for p in net.patterns() if "T" in p] if after_training else ("base",)
+        count = calibrate_skip_norms(net, loader, max_images=session.config[key], device=session.accelerator.device,
+                                     patterns=patterns)
     seconds = time.perf_counter() - began
     if session.accelerator.is_main_process:
-        session.run.log({"kind": "recalibration", "step": session.state.step, "images": count,
-                         "seconds": round(seconds, 1)})
-        progress.print(f"skip-aware norm statistics re-estimated under every sub-network on {count:,} training images "
-                       f"({seconds:.0f} s)")
+        session.run.log({"kind": "recalibration" if after_training else "calibration", "step": session.state.step,
+                         "images": count, "seconds": round(seconds, 1)})
+        under = "under every sub-network " if after_training else ""
+        progress.print(f"skip-aware norm statistics re-estimated {under}on {count:,} training images ({seconds:.0f} s)")
 
 
 def _evaluate(session: Session, progress: TrainProgress, phase: str | None = None) -> dict[str, Any] | None:
@@ -365,9 +358,8 @@ def run_loop(
                 session.scheduler.step(state.epoch)
                 began = time.perf_counter()
                 every = cfg["eval_every_epochs"]  # 0: never
-                if state.epoch == session.total_epochs and session.recalibration_loader is not None \
-                        and not session.baseline:
-                    _recalibrate(session, bar)
+                if state.epoch == session.total_epochs and session.recalibration_loader is not None:
+                    _calibrate(session, bar, after_training=True)
                 if every and (state.epoch % every == 0 or state.epoch == session.total_epochs):
                     evaluation = _evaluate(session, bar)
                     _train_mode(session)

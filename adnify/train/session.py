@@ -17,6 +17,7 @@ from ..errors import AdnifyError
 from ..io.data import ImageData, check_labels
 from ..io.loading import load
 from ..report.evaluate import eval_data_config, eval_loader
+from .calibrate import skip_norm_batchnorms
 from .loaders import build_mixup, build_transforms, calibration_loader, train_loader
 from .loop_state import TrainState
 from .networks import frozen_teacher, head_size, open_model, train_only_skip_norms
@@ -301,7 +302,9 @@ def prepare_session(
     evaluation = None if data.validation is None else eval_loader(  # the pipeline of `adnify report`
         net, data, batch_size=config["batch_size"], num_workers=min(config["workers"], 2), input_size=transforms.input_size)
     calibration = calibration_loader(data, transforms.eval, config) if not pattern else None
-    recalibration = calibration_loader(data, transforms.eval, config, "recalibrate_skip_norms") if not pattern else None
+    # Only a net with BatchNorm copies has statistics to re-estimate (not a baseline, nor shared norms).
+    recalibration = (calibration_loader(data, transforms.eval, config, "recalibrate_skip_norms")
+                     if not pattern and skip_norm_batchnorms(net) else None)
     classes = head_size(net) or data.num_classes or 0
     mixup = build_mixup(config, classes)
     criterion = build_criterion(config, mixup is not None)

@@ -82,6 +82,8 @@ class TestTable:
         assert "Beaten by" in text and "1 of 4 sub-networks are beaten by a cheaper one" in " ".join(text.split())
         assert "TT (+1.00)" in lines["FT"]  # FT costs more than TT and scores a point less
         assert all("(+" not in lines[p] for p in ("FF", "TF", "TT"))
+        markdown = ro.to_markdown(rows, context=None)  # the same table as a file
+        assert "Beaten by" in markdown and next(l for l in markdown.splitlines() if "| FT |" in l).endswith("TT (+1.00) |")
         for r in rows:
             r["acc1"] = 80.0 - r["skipped_blocks"]  # deeper is better everywhere: nothing is beaten
         assert "Beaten by" not in text_of(ro.render_table(rows, title="t", context=None))

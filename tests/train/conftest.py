@@ -42,9 +42,17 @@ def save_digits(tmp_path_factory) -> Callable[[int, int], Path]:
 
 
 @pytest.fixture(scope="session")
-def tiny_adn_dir(tmp_path_factory) -> Path:
+def save_tiny_adn(tmp_path_factory) -> Callable[[int], Path]:
+    """``save_tiny_adn(classes)``: the tiny ResNet-18 with that many classes, converted and saved (seed 0)."""
+    def save(classes: int) -> Path:
+        torch.manual_seed(0)
+        path = tmp_path_factory.mktemp("models") / f"tiny-adn-{classes}"
+        adnify.convert("resnet18", num_classes=classes, **TINY_RESNET).save(str(path))
+        return path
+    return save
+
+
+@pytest.fixture(scope="session")
+def tiny_adn_dir(save_tiny_adn) -> Path:
     """The tiny ResNet-18 with 10 classes, converted and saved (seed 0)."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("models") / "tiny-adn"
-    adnify.convert("resnet18", num_classes=10, **TINY_RESNET).save(str(path))
-    return path
+    return save_tiny_adn(10)

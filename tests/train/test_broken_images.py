@@ -21,7 +21,6 @@ from adnify.io.images import BROKEN, decode_image
 from adnify.report.evaluate import eval_loader
 from adnify.train import train
 
-TINY_RESNET = dict(channels=(8, 16, 32, 64), stem_width=8, zero_init_last=False)
 
 pytestmark = pytest.mark.usefixtures("offline_one_thread")
 runner = CliRunner()
@@ -70,11 +69,8 @@ def folder(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("models") / "tiny"
-    adnify.convert("resnet18", num_classes=2, **TINY_RESNET).save(str(path))
-    return path
+def model_dir(save_tiny_adn) -> Path:
+    return save_tiny_adn(2)
 
 
 @pytest.fixture(scope="module")

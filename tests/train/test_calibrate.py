@@ -113,3 +113,15 @@ def test_a_run_re_estimates_the_copies_under_every_sub_network_after_the_last_st
     with torch.no_grad():
         torch.testing.assert_close(re(x, skip="FFFF"), plain(x, skip="FFFF"), rtol=0, atol=0)  # the super-net: no copy
         assert not torch.allclose(re(x, skip="TTTT"), plain(x, skip="TTTT"))
+
+
+def test_a_run_with_shared_norms_has_no_copies_to_re_estimate_and_says_nothing_of_it(tmp_path):
+    from adnify.train import train
+
+    torch.manual_seed(0)
+    adnify.convert("resnet18", **TINY).save(str(tmp_path / "m"))
+    train(str(tmp_path / "m"), data="builtin:digits", output=tmp_path / "run", recipe="resnet", progress=False,
+          overrides=dict(input_size=(3, 32, 32), workers=0, batch_size=8, amp=False, epochs=1, epoch_images=16,
+                         shared_norms=True, recalibrate_skip_norms=48))
+    kinds = [json.loads(line)["kind"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert "eval" in kinds and "recalibration" not in kinds
