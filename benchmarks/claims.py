@@ -16,7 +16,9 @@ Every variant is a real ``adnify.train.train`` run with the same model, recipe, 
 
 The fair protocol (``--lr-factors 0.5,1,2``) trains every variant at each multiple of the setting's
 ``lr_base`` and reports each at its own best factor (the mean of its super- and base-net top-1), so
-that no variant loses to a step size.
+that no variant loses to a step size. ``--lr-search`` searches each variant's
+factor on the first seed until its best has a tried factor on either side, then runs the other seeds there; the
+table marks a best factor that is still the grid's edge.
 
 Each trained variant is scored on the test split for every pattern it has; ``OUT/claims.json``,
 ``OUT/claims.md`` (a Table 4) and ``OUT/claims.png`` (top-1 against MACs) are rewritten after each
@@ -27,6 +29,7 @@ one. Resumable: a finished variant is not trained again, an interrupted one resu
     python benchmarks/claims.py --setting lite0-tiny -o runs/claims-lite0
     python benchmarks/claims.py --quick --variants adn --set lr_base=0.4 -o runs/claims-quick-lr2   # a diagnostic
     python benchmarks/claims.py --quick --variants adn,super,base --seeds 0,1 --lr-factors 0.5,1,2 -o runs/fair
+    python benchmarks/claims.py --setting vit-quick --variants adn,super,base --seeds 0,1 --lr-search -o runs/vit
 """
 
 from __future__ import annotations
@@ -276,7 +279,13 @@ def summarise(results: dict[str, Any], tolerance: float = TOLERANCE) -> dict[str
             by_factor.setdefault(_factor(key), []).append(r)
         means = {f: {p: statistics.mean(r["top1"][p] for r in runs) for p in runs[0]["top1"]}
                  for f, runs in by_factor.items()}
-        best = max(means, key=lambda f: _ends_mean(means[f]))
+        # The factor is chosen on the seeds that ran at every factor (the search seed of --lr-search), so that a
+        # factor with more seeds is not favoured or penalised by them; it is then reported over all its seeds.
+        common = set.intersection(*({key.split("@")[1] for key in mine if _factor(key) == f} for f in by_factor))
+        choose = {f: statistics.mean(_ends_mean(r["top1"]) for key, r in mine.items()
+                                     if _factor(key) == f and key.split("@")[1] in common) for f in by_factor} \
+            if common else {f: _ends_mean(m) for f, m in means.items()}
+        best = max(choose, key=choose.get)
         runs = by_factor[best]
         patterns = runs[0]["top1"].keys()
         spread = {p: (max(r["top1"][p] for r in runs) - min(r["top1"][p] for r in runs)) / 2 for p in patterns}
@@ -284,6 +293,7 @@ def summarise(results: dict[str, Any], tolerance: float = TOLERANCE) -> dict[str
                          "middle": middle_figures(means[best], tolerance),
                          "middle_by_seed": [middle_figures(r["top1"], tolerance) for r in runs],
                          "train_s": sum(r["train_s"] for r in runs) / len(runs), "lr_factor": best,
+                         "peaked": len(by_factor) > 1 and min(by_factor) < best < max(by_factor),
                          "by_lr": {f"{f:g}": {p: v for p, v in m.items() if len(set(p)) == 1}
                                    for f, m in sorted(means.items())}}
     return summary
@@ -311,7 +321,8 @@ def write_outputs(out: Path, study: dict[str, Any], results: dict[str, Any], tol
         violations = "—" if mid is None else (f"{mid['violations']}" + (
             " (worst {} {:.1f} below {})".format(*mid["worst_violations"][0][:1], mid["worst_violations"][0][2],
                                                  mid["worst_violations"][0][1]) if mid["violations"] else ""))
-        lines.append(f"| {name} | {cell(sup)} | {cell(base)} | {worst} | {violations} | {gm} | {s['lr_factor']:g} "
+        edge = "" if s["peaked"] or len(s["by_lr"]) == 1 else " (edge)"
+        lines.append(f"| {name} | {cell(sup)} | {cell(base)} | {worst} | {violations} | {gm} | {s['lr_factor']:g}{edge} "
                      f"| {s['train_s'] / 60:.1f} min |")
     lines += ["", f"Seeds: {', '.join(map(str, study['seeds']))}; mean ± half the range over seeds. "
               "naive = the `super` run with its skippable halves dropped (not trained)"
@@ -415,6 +426,28 @@ def study_record(key: str, setting: dict[str, Any], seeds: tuple[int, ...]) -> d
             "overrides": {k: list(v) if isinstance(v, tuple) else v for k, v in setting["overrides"].items()}}
 
 
+MAX_SEARCH_STEPS = 4
+
+
+def search_factor(ends_at: Any, factors: list[float], name: str) -> float:
+    """The fair protocol's search: score every factor, then, while the best is the lowest or highest tried,
+    try half or twice it, until the best has a tried factor on either side (at most MAX_SEARCH_STEPS more).
+    ``ends_at(factor)`` trains (or reads) a run and returns the mean top-1 of its ends."""
+    scores = {f: ends_at(f) for f in sorted(set(factors))}
+    for _ in range(MAX_SEARCH_STEPS):
+        best = max(scores, key=scores.get)
+        if min(scores) < best < max(scores):
+            return best
+        step = best / 2 if best == min(scores) else best * 2
+        print(f"{name}: best lr factor {best:g} is the edge of {', '.join(f'{f:g}' for f in sorted(scores))}; "
+              f"trying {step:g}", flush=True)
+        scores[step] = ends_at(step)
+    best = max(scores, key=scores.get)
+    if not min(scores) < best < max(scores):
+        print(f"{name}: lr factor {best:g} is still the edge after {MAX_SEARCH_STEPS} more", file=sys.stderr)
+    return best
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-o", "--output", type=Path, required=True, help="study folder (resumable)")
@@ -435,6 +468,9 @@ def main() -> None:
                         "(default), or comma-separated patterns such as FFFF,TFFT,TTTT (F = stage run in full)")
     parser.add_argument("--lr-factors", default="1", help="train each variant at these multiples of the setting's "
                         "lr_base and report each at its best (the fair protocol: 0.5,1,2)")
+    parser.add_argument("--lr-search", action="store_true",
+                        help="search each variant's factor on the first seed until its best has a tried factor on "
+                             "either side (halving or doubling from --lr-factors), then run the other seeds at it")
     args = parser.parse_args()
     key = "cifar10-quick" if args.quick and args.setting == "cifar10" else args.setting
     setting = SETTINGS[key]
@@ -496,33 +532,51 @@ def main() -> None:
         print(f"[{time.perf_counter() - began:.0f} s] {key_}: " + ", ".join(
             f"{p} {v:.2f}" for p, v in found["top1"].items() if len(set(p)) == 1), flush=True)
 
+    def run_one(name: str, seed: int, factor: float) -> None:
+        key_ = run_key(name, seed, factor)
+        if key_ in results:
+            return
+        tag = "" if factor == 1.0 else f"-lr{factor:g}"
+        if name == "naive":  # the trained super-net of this seed with its skippable halves dropped
+            if run_key("super", seed, factor) in results:
+                found = score(out / f"super{tag}-s{seed}", setting, data, patterns)
+                record(key_, {**found, "train_s": results[run_key("super", seed, factor)]["train_s"]})
+            else:
+                print(f"skipping {key_}: it is scored from super@{seed}, which has not run (add super to "
+                      "--variants)", file=sys.stderr)
+            return
+        if name == "start":  # what the training started from: adn's converted (pretrained) network
+            if (out / f"adn-s{seed}" / "start").is_dir():
+                record(key_, {**score(out / f"adn-s{seed}" / "start", setting, data, patterns), "train_s": 0.0})
+            else:
+                print(f"skipping {key_}: it is scored from adn@{seed}'s start, which has not run", file=sys.stderr)
+            return
+        run = out / f"{name}{tag}-s{seed}"
+        print(f"[{time.perf_counter() - began:.0f} s] training {key_} in {run}", flush=True)
+        seconds = train_variant(name, seed, setting, data, run, factor, source)
+        found = score(run, setting, data, "base" if name == "base" else "super" if name == "super" else patterns)
+        record(key_, {**found, "train_s": seconds})
+
     # Variant by variant, every seed of one before the next: the main comparison has its spread first.
-    for name, factor in [(n, f) for n in variants for f in factors]:
-        for seed in seeds:
-            key_ = run_key(name, seed, factor)
-            if key_ in results or (name == "start" and factor != 1.0):
-                continue
-            tag = "" if factor == 1.0 else f"-lr{factor:g}"
-            if name == "naive":  # the trained super-net of this seed with its skippable halves dropped
-                if run_key("super", seed, factor) in results:
-                    found = score(out / f"super{tag}-s{seed}", setting, data, patterns)
-                    record(key_, {**found, "train_s": results[run_key("super", seed, factor)]["train_s"]})
-                else:
-                    print(f"skipping {key_}: it is scored from super@{seed}, which has not run (add super to "
-                          "--variants)", file=sys.stderr)
-                continue
-            if name == "start":  # what the training started from: adn's converted (pretrained) network
-                if (out / f"adn-s{seed}" / "start").is_dir():
-                    record(key_, {**score(out / f"adn-s{seed}" / "start", setting, data, patterns), "train_s": 0.0})
-                else:
-                    print(f"skipping {key_}: it is scored from adn@{seed}'s start, which has not run",
-                          file=sys.stderr)
-                continue
-            run = out / f"{name}{tag}-s{seed}"
-            print(f"[{time.perf_counter() - began:.0f} s] training {key_} in {run}", flush=True)
-            seconds = train_variant(name, seed, setting, data, run, factor, source)
-            found = score(run, setting, data, "base" if name == "base" else "super" if name == "super" else patterns)
-            record(key_, {**found, "train_s": seconds})
+    for name in variants:
+        if name == "start":
+            for seed in seeds:
+                run_one(name, seed, 1.0)
+        elif name == "naive":  # at every factor its super-net ran at
+            for key_ in [k for k in list(results) if k.split("@")[0] == "super"]:
+                run_one(name, int(key_.split("@")[1]), _factor(key_))
+        elif not args.lr_search:
+            for factor in factors:
+                for seed in seeds:
+                    run_one(name, seed, factor)
+        else:
+            def ends_at(factor: float, name: str = name) -> float:
+                run_one(name, seeds[0], factor)
+                return _ends_mean(results[run_key(name, seeds[0], factor)]["top1"])
+
+            best = search_factor(ends_at, factors, name)
+            for seed in seeds[1:]:
+                run_one(name, seed, best)
     write_outputs(out, study, results, args.tolerance)
     print(f"done: {out / 'claims.md'}")
 
