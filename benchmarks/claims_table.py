@@ -6,6 +6,9 @@ factor, with the worst sub-network between them and the partial-order violations
 
     python benchmarks/claims_table.py docs/results/claims-quick-v4.json docs/results/claims-vit-quick.json
     python benchmarks/claims_table.py runs/vit/claims.json --adn shared_norms   # another variant as "ADN"
+    python benchmarks/claims_table.py runs/lite0/claims.json+runs/lite0-individual/claims.json   # one row, 2 studies
+
+Studies joined by ``+`` make one row: each variant is taken from the first file that has it.
 """
 
 from __future__ import annotations
@@ -56,13 +59,16 @@ FOOTNOTE = ("Each at its own best `lr_base` factor (in brackets, with the seeds 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("files", nargs="+", type=Path, help="claims.json files, one row each")
+    parser.add_argument("files", nargs="+", help="claims.json files, one row each (A+B: one row from both)")
     parser.add_argument("--adn", default="adn", help="the variant shown as ADN (default adn)")
     args = parser.parse_args()
     lines = list(HEADER)
     for path in args.files:
         try:
-            lines.append(row(json.loads(path.read_text()), args.adn))
+            merged: dict[str, Any] = {}
+            for part in path.split("+"):
+                merged = {**json.loads(Path(part).read_text()), **merged}
+            lines.append(row(merged, args.adn))
         except (OSError, ValueError, KeyError) as e:
             print(f"error: {path}: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
             raise SystemExit(2) from None
