@@ -495,7 +495,7 @@ def main() -> None:
     if not factors or any(f <= 0 for f in factors):
         fail(f"--lr-factors must be positive numbers separated by commas, e.g. 0.5,1,2; got {args.lr_factors!r}")
     variants = ([v.strip() for v in args.variants.split(",")] if args.variants else
-                [v for v in VARIANTS if v != "start" or setting.get("pretrained")])
+                [v for v in VARIANTS if v != "start" or (setting.get("pretrained") and not setting.get("pretrain"))])
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         fail(f"unknown variant(s) {', '.join(unknown)}: choose from {', '.join(VARIANTS)}")
@@ -546,7 +546,10 @@ def main() -> None:
                       "--variants)", file=sys.stderr)
             return
         if name == "start":  # what the training started from: adn's converted (pretrained) network
-            if (out / f"adn-s{seed}" / "start").is_dir():
+            if setting.get("pretrain"):
+                print(f"skipping {key_}: the pretrained network's head is for its pretraining classes, so it "
+                      "cannot be scored before fine-tuning", file=sys.stderr)
+            elif (out / f"adn-s{seed}" / "start").is_dir():
                 record(key_, {**score(out / f"adn-s{seed}" / "start", setting, data, patterns), "train_s": 0.0})
             else:
                 print(f"skipping {key_}: it is scored from adn@{seed}'s start, which has not run", file=sys.stderr)
