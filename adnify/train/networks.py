@@ -32,6 +32,7 @@ def open_model(
     *,
     num_classes: int | None,
     labels: bool,
+    named_classes: bool = False,
 ) -> tuple[AdaptiveNet, list[str]]:
     """The adaptive net to train, and notes for the user.
 
@@ -44,6 +45,9 @@ def open_model(
         num_classes: classes of the labelled data; the head is sized (or reset) to fit when
             training with labels and the user did not choose a head size.
         labels: whether the labels are used (label-free runs keep the original head: it is the teacher's).
+        named_classes: the data names its classes (a ClassLabel, string labels, folders or ``classes.txt``):
+            then a saved model whose head has another number of classes gets a new head, as a pretrained
+            timm model does. Unnamed integer labels keep the head: they may index its classes (ImageNet ids).
     """
     from .. import convert, load
     from ..io.sources import is_model_dir, named_source, require_name
@@ -58,6 +62,8 @@ def open_model(
         net = convert(source, **options)
     elif is_model_dir(source):
         net = load(source, model_kwargs=_drop_path_kwargs(config))  # rebuilt with the recipe's drop-path rate
+        if wanted is None and labels and named_classes and head_size(net) not in (None, num_classes):
+            wanted = num_classes
     else:
         require_name(source)
         # A timm name: the head fits the labelled data unless the user chose its size. Pretrained

@@ -179,7 +179,7 @@ def _open_net(source: Any, run: RunDir, resume: bool, config: dict[str, Any], in
         net, _ = open_model(str(run.start), config, {}, num_classes=None, labels=labels)
         return net
     net, more = open_model(source, config, info.get("convert_options", {}), num_classes=data.num_classes,
-                           labels=labels)
+                           labels=labels, named_classes=data.class_names is not None)
     notes.extend(more)
     return net
 

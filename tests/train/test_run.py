@@ -317,12 +317,26 @@ def test_unknown_recipe_key_lists_the_valid_keys(model_dir, digits, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_labels_outside_the_head_are_refused(digits, tmp_path):
+def test_integer_labels_outside_the_head_are_refused(digits, tmp_path):
+    """Unnamed integer labels may be the head's own class ids (ImageNet ids), so the head is kept and checked."""
     torch.manual_seed(0)
     small = tmp_path / "five-classes"
     adnify.convert("resnet18", **{**TINY, "num_classes": 5}).save(str(small))
+    ints = tmp_path / "ints"
+    data = datasets.load_from_disk(str(digits))
+    data.cast_column("label", datasets.Value("int64")).save_to_disk(str(ints))
     with pytest.raises(AdnifyError, match="does not fit a head of 5 classes"):
-        run(small, digits, tmp_path / "run")
+        run(small, ints, tmp_path / "run")
+
+
+def test_a_saved_model_gets_a_new_head_for_data_that_names_other_classes(digits, tmp_path):
+    """A converted pretrained model (here 5 classes) fine-tuned on 10 named classes: a new 10-class head,
+    as a pretrained timm name gets, and the run says so."""
+    torch.manual_seed(0)
+    small = tmp_path / "five-classes"
+    adnify.convert("resnet18", **{**TINY, "num_classes": 5}).save(str(small))
+    run(small, digits, tmp_path / "run", max_steps=1)
+    assert adnify.load(tmp_path / "run").model.num_classes == 10
 
 
 def test_empty_and_unlabelled_data_and_missing_columns(model_dir, tmp_path):
