@@ -235,6 +235,10 @@ def _factor(key: str) -> float:
     return float(parts[2][2:]) if len(parts) > 2 else 1.0
 
 
+def _seed(key: str) -> int:
+    return int(key.split("@")[1])
+
+
 def _ends_mean(top1: dict[str, float]) -> float:
     ends = [v for p, v in top1.items() if len(set(p)) == 1]
     return statistics.mean(ends)
@@ -281,9 +285,9 @@ def summarise(results: dict[str, Any], tolerance: float = TOLERANCE) -> dict[str
                  for f, runs in by_factor.items()}
         # The factor is chosen on the seeds that ran at every factor (the search seed of --lr-search), so that a
         # factor with more seeds is not favoured or penalised by them; it is then reported over all its seeds.
-        common = set.intersection(*({key.split("@")[1] for key in mine if _factor(key) == f} for f in by_factor))
+        common = set.intersection(*({_seed(key) for key in mine if _factor(key) == f} for f in by_factor))
         choose = {f: statistics.mean(_ends_mean(r["top1"]) for key, r in mine.items()
-                                     if _factor(key) == f and key.split("@")[1] in common) for f in by_factor} \
+                                     if _factor(key) == f and _seed(key) in common) for f in by_factor} \
             if common else {f: _ends_mean(m) for f, m in means.items()}
         best = max(choose, key=choose.get)
         runs = by_factor[best]
@@ -565,9 +569,10 @@ def main() -> None:
         if name == "start":
             for seed in seeds:
                 run_one(name, seed, 1.0)
-        elif name == "naive":  # at every factor its super-net ran at
-            for key_ in [k for k in list(results) if k.split("@")[0] == "super"]:
-                run_one(name, int(key_.split("@")[1]), _factor(key_))
+        elif name == "naive":  # at the asked factors (a missing super-net is named), and wherever --lr-search ran one
+            searched = {(_factor(k), _seed(k)) for k in results if k.split("@")[0] == "super" and _seed(k) in seeds}
+            for factor, seed in sorted({(f, s) for f in factors for s in seeds} | searched):
+                run_one(name, seed, factor)
         elif not args.lr_search:
             for factor in factors:
                 for seed in seeds:

@@ -145,6 +145,22 @@ def test_with_the_search_the_other_seeds_run_only_at_the_best_factor_and_it_is_c
     assert summary["top1"]["FFFF"] == 52.0
 
 
+def test_naive_is_scored_wherever_its_super_net_ran_and_a_missing_one_is_named(claims, monkeypatch, tmp_path,
+                                                                               capsys):
+    (tmp_path / "data" / "cifar10").mkdir(parents=True)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "study.json").write_text(json.dumps(study_of(claims)))
+    (out / "runs.json").write_text(json.dumps({"super@0@lr2": finished(60.0), "super@1": finished(61.0)}))
+    monkeypatch.setattr(claims, "prepare_data", lambda *a: "data")
+    scored = []
+    monkeypatch.setattr(claims, "score", lambda run, *a: scored.append(run.name) or finished(55.0))
+    run(claims, monkeypatch, "-o", str(out), "--data-root", str(tmp_path / "data"), "--variants", "naive",
+        "--seeds", "0")
+    assert scored == ["super-lr2-s0"]  # super@1 is another seed than asked
+    assert "skipping naive@0: it is scored from super@0, which has not run" in capsys.readouterr().err
+
+
 def test_bad_lr_factors_are_one_line(claims, monkeypatch, tmp_path, capsys):
     (tmp_path / "cifar10").mkdir()
     with pytest.raises(SystemExit):
