@@ -582,7 +582,12 @@ def main() -> None:
                 run_one(name, seeds[0], factor)
                 return _ends_mean(results[run_key(name, seeds[0], factor)]["top1"])
 
-            best = search_factor(ends_at, factors, name)
+            # A factor this seed already ran (an earlier search, another --lr-factors) counts: it costs nothing.
+            ran = {_factor(k) for k in results if k.split("@")[0] == name and _seed(k) == seeds[0]}
+            if ran - set(factors):
+                print(f"{name}: counting the factors already run: {', '.join(f'{f:g}' for f in sorted(ran))}",
+                      flush=True)
+            best = search_factor(ends_at, sorted(ran | set(factors)), name)
             for seed in seeds[1:]:
                 run_one(name, seed, best)
     write_outputs(out, study, results, args.tolerance)

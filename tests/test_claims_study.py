@@ -145,6 +145,28 @@ def test_with_the_search_the_other_seeds_run_only_at_the_best_factor_and_it_is_c
     assert summary["top1"]["FFFF"] == 52.0
 
 
+def test_the_search_counts_the_factors_a_study_already_ran(claims, monkeypatch, tmp_path, capsys):
+    """Resuming with --lr-search from 1x where 2x already ran (and was better): 4x is next, not 0.5x."""
+    (tmp_path / "data" / "cifar10").mkdir(parents=True)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "study.json").write_text(json.dumps(study_of(claims)))
+    (out / "runs.json").write_text(json.dumps({"adn@0": finished(50.0), "adn@0@lr2": finished(54.0),
+                                               "adn@1@lr8": finished(70.0)}))
+    monkeypatch.setattr(claims, "prepare_data", lambda *a: "data")
+    trained = []
+
+    def fake_train(name, seed, setting, data, run, factor=1.0, source=None):
+        trained.append((name, seed, factor))
+        return 1.0
+    monkeypatch.setattr(claims, "train_variant", fake_train)
+    monkeypatch.setattr(claims, "score", lambda run, *a: finished(52.0))
+    run(claims, monkeypatch, "-o", str(out), "--data-root", str(tmp_path / "data"), "--variants", "adn",
+        "--seeds", "0", "--lr-factors", "1", "--lr-search")
+    assert trained == [("adn", 0, 4.0)]  # 2x peaks between 1x and 4x; seed 1's 8x is not the search seed's
+    assert "counting the factors already run: 1, 2" in capsys.readouterr().out
+
+
 def test_naive_is_scored_wherever_its_super_net_ran_and_a_missing_one_is_named(claims, monkeypatch, tmp_path,
                                                                                capsys):
     (tmp_path / "data" / "cifar10").mkdir(parents=True)
