@@ -27,6 +27,17 @@ def study_of(claims, setting: str = "cifar10") -> dict:
     return claims.study_record(setting, claims.SETTINGS[setting], claims.SETTINGS[setting]["seeds"])
 
 
+def study_folder(claims, tmp_path, runs: dict | None = None):
+    """A cifar10 study folder under ``tmp_path`` (data root ``tmp_path/data``), with ``runs`` finished."""
+    (tmp_path / "data" / "cifar10").mkdir(parents=True)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "study.json").write_text(json.dumps(study_of(claims)))
+    if runs is not None:
+        (out / "runs.json").write_text(json.dumps(runs))
+    return out
+
+
 def finished(top1: float) -> dict:
     return {"top1": {"FFFF": top1, "TTTT": top1 - 1.0}, "macs": {"FFFF": 2e7, "TTTT": 1e7}, "train_s": 60.0}
 
@@ -70,12 +81,8 @@ def test_a_folder_holding_another_study_is_refused_unless_forced(claims, monkeyp
 
 
 def test_finished_variants_are_summarised_not_trained_again(claims, monkeypatch, tmp_path, capsys):
-    (tmp_path / "data" / "cifar10").mkdir(parents=True)
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "study.json").write_text(json.dumps(study_of(claims)))
-    (out / "runs.json").write_text(json.dumps({"adn@0": finished(70.0), "adn@1": finished(72.0),
-                                               "super@0": finished(74.0), "super@1": finished(75.0)}))
+    out = study_folder(claims, tmp_path, {"adn@0": finished(70.0), "adn@1": finished(72.0),
+                                          "super@0": finished(74.0), "super@1": finished(75.0)})
 
     def no_training(*args, **kwargs):
         raise AssertionError("a finished variant was trained again")
@@ -121,10 +128,7 @@ def test_the_factor_search_goes_on_until_the_best_has_a_tried_factor_on_either_s
 
 def test_with_the_search_the_other_seeds_run_only_at_the_best_factor_and_it_is_chosen_on_the_search_seed(
         claims, monkeypatch, tmp_path):
-    (tmp_path / "data" / "cifar10").mkdir(parents=True)
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "study.json").write_text(json.dumps(study_of(claims)))
+    out = study_folder(claims, tmp_path)
     monkeypatch.setattr(claims, "prepare_data", lambda *a: "data")
     trained = []
     top1 = {(0, 0.5): 50.0, (0, 1.0): 55.0, (0, 2.0): 54.0, (1, 1.0): 49.0}
@@ -147,12 +151,8 @@ def test_with_the_search_the_other_seeds_run_only_at_the_best_factor_and_it_is_c
 
 def test_the_search_counts_the_factors_a_study_already_ran(claims, monkeypatch, tmp_path, capsys):
     """Resuming with --lr-search from 1x where 2x already ran (and was better): 4x is next, not 0.5x."""
-    (tmp_path / "data" / "cifar10").mkdir(parents=True)
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "study.json").write_text(json.dumps(study_of(claims)))
-    (out / "runs.json").write_text(json.dumps({"adn@0": finished(50.0), "adn@0@lr2": finished(54.0),
-                                               "adn@1@lr8": finished(70.0)}))
+    out = study_folder(claims, tmp_path, {"adn@0": finished(50.0), "adn@0@lr2": finished(54.0),
+                                          "adn@1@lr8": finished(70.0)})
     monkeypatch.setattr(claims, "prepare_data", lambda *a: "data")
     trained = []
 
@@ -169,11 +169,7 @@ def test_the_search_counts_the_factors_a_study_already_ran(claims, monkeypatch, 
 
 def test_naive_is_scored_wherever_its_super_net_ran_and_a_missing_one_is_named(claims, monkeypatch, tmp_path,
                                                                                capsys):
-    (tmp_path / "data" / "cifar10").mkdir(parents=True)
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "study.json").write_text(json.dumps(study_of(claims)))
-    (out / "runs.json").write_text(json.dumps({"super@0@lr2": finished(60.0), "super@1": finished(61.0)}))
+    out = study_folder(claims, tmp_path, {"super@0@lr2": finished(60.0), "super@1": finished(61.0)})
     monkeypatch.setattr(claims, "prepare_data", lambda *a: "data")
     scored = []
     monkeypatch.setattr(claims, "score", lambda run, *a: scored.append(run.name) or finished(55.0))
