@@ -239,6 +239,11 @@ def _seed(key: str) -> int:
     return int(key.split("@")[1])
 
 
+def _runs_of(name: str, results: dict[str, Any]) -> set[tuple[float, int]]:
+    """The (factor, seed) of every run of variant ``name`` in a study's results."""
+    return {(_factor(k), _seed(k)) for k in results if k.split("@")[0] == name}
+
+
 def _ends_mean(top1: dict[str, float]) -> float:
     ends = [v for p, v in top1.items() if len(set(p)) == 1]
     return statistics.mean(ends)
@@ -570,7 +575,7 @@ def main() -> None:
             for seed in seeds:
                 run_one(name, seed, 1.0)
         elif name == "naive":  # at the asked factors (a missing super-net is named), and wherever --lr-search ran one
-            searched = {(_factor(k), _seed(k)) for k in results if k.split("@")[0] == "super" and _seed(k) in seeds}
+            searched = {(f, s) for f, s in _runs_of("super", results) if s in seeds}
             for factor, seed in sorted({(f, s) for f in factors for s in seeds} | searched):
                 run_one(name, seed, factor)
         elif not args.lr_search:
@@ -583,7 +588,7 @@ def main() -> None:
                 return _ends_mean(results[run_key(name, seeds[0], factor)]["top1"])
 
             # A factor this seed already ran (an earlier search, another --lr-factors) counts: it costs nothing.
-            ran = {_factor(k) for k in results if k.split("@")[0] == name and _seed(k) == seeds[0]}
+            ran = {f for f, s in _runs_of(name, results) if s == seeds[0]}
             if ran - set(factors):
                 print(f"{name}: counting the factors already run: {', '.join(f'{f:g}' for f in sorted(ran))}",
                       flush=True)
