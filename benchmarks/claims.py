@@ -551,8 +551,8 @@ def main() -> None:
                 found = score(out / f"super{tag}-s{seed}", setting, data, patterns)
                 record(key_, {**found, "train_s": results[run_key("super", seed, factor)]["train_s"]})
             else:
-                print(f"skipping {key_}: it is scored from super@{seed}, which has not run (add super to "
-                      "--variants)", file=sys.stderr)
+                print(f"skipping {key_}: it is scored from {run_key('super', seed, factor)}, which has not run "
+                      "(add super to --variants)", file=sys.stderr)
             return
         if name == "start":  # what the training started from: adn's converted (pretrained) network
             if setting.get("pretrain"):
@@ -576,7 +576,9 @@ def main() -> None:
                 run_one(name, seed, 1.0)
         elif name == "naive":  # at the asked factors (a missing super-net is named), and wherever --lr-search ran one
             searched = {(f, s) for f, s in _runs_of("super", results) if s in seeds}
-            for factor, seed in sorted({(f, s) for f in factors for s in seeds} | searched):
+            # Under --lr-search the other seeds run only at the search seed's best factor, not at every asked one.
+            asked = {(f, s) for f in factors for s in (seeds[:1] if args.lr_search else seeds)}
+            for factor, seed in sorted(asked | searched):
                 run_one(name, seed, factor)
         elif not args.lr_search:
             for factor in factors:

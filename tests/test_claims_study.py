@@ -179,6 +179,22 @@ def test_naive_is_scored_wherever_its_super_net_ran_and_a_missing_one_is_named(c
     assert "skipping naive@0: it is scored from super@0, which has not run" in capsys.readouterr().err
 
 
+def test_under_a_search_naive_names_only_the_super_nets_the_search_should_have_run(claims, monkeypatch, tmp_path,
+                                                                                 capsys):
+    # Seed 1 ran only at the search seed's best (1x): its 2x is not missing, the search seed's 4x is.
+    out = study_folder(claims, tmp_path, {"super@0": finished(60.0), "super@0@lr2": finished(61.0),
+                                          "super@1": finished(61.0)})
+    monkeypatch.setattr(claims, "prepare_data", lambda *a: "data")
+    scored = []
+    monkeypatch.setattr(claims, "score", lambda run, *a: scored.append(run.name) or finished(55.0))
+    run(claims, monkeypatch, "-o", str(out), "--data-root", str(tmp_path / "data"), "--variants", "naive",
+        "--seeds", "0,1", "--lr-factors", "2,4", "--lr-search")
+    assert sorted(scored) == ["super-lr2-s0", "super-s0", "super-s1"]
+    err = capsys.readouterr().err
+    assert "skipping naive@0@lr4: it is scored from super@0@lr4, which has not run" in err
+    assert "naive@1@lr2" not in err
+
+
 def test_bad_lr_factors_are_one_line(claims, monkeypatch, tmp_path, capsys):
     (tmp_path / "cifar10").mkdir()
     with pytest.raises(SystemExit):
