@@ -230,6 +230,10 @@ def run_key(name: str, seed: int, factor: float) -> str:
     return f"{name}@{seed}" if factor == 1.0 else f"{name}@{seed}@lr{factor:g}"
 
 
+def _variant(key: str) -> str:
+    return key.split("@")[0]
+
+
 def _factor(key: str) -> float:
     parts = key.split("@")
     return float(parts[2][2:]) if len(parts) > 2 else 1.0
@@ -241,7 +245,7 @@ def _seed(key: str) -> int:
 
 def _runs_of(name: str, results: dict[str, Any]) -> set[tuple[float, int]]:
     """The (factor, seed) of every run of variant ``name`` in a study's results."""
-    return {(_factor(k), _seed(k)) for k in results if k.split("@")[0] == name}
+    return {(_factor(k), _seed(k)) for k in results if _variant(k) == name}
 
 
 def _ends_mean(top1: dict[str, float]) -> float:
@@ -280,7 +284,7 @@ def summarise(results: dict[str, Any], tolerance: float = TOLERANCE) -> dict[str
     on the mean over seeds, ``middle_by_seed`` on each seed."""
     summary: dict[str, Any] = {}
     for name in VARIANTS:
-        mine = {key: r for key, r in results.items() if key.split("@")[0] == name}
+        mine = {key: r for key, r in results.items() if _variant(key) == name}
         if not mine:
             continue
         by_factor: dict[float, list[dict[str, Any]]] = {}
