@@ -1,0 +1,126 @@
+"""Do a trained network's sub-networks want BatchNorm statistics of their own?
+
+With shared norms (the convnet recipes) every BatchNorm keeps one set of running statistics, averaged
+during training over the super-net's and the second pass's batches: a mixture that fits neither end.
+For each trained run folder this script scores, on the run's evaluation split:
+
+- ``trained``: the statistics as training left them;
+- ``mixture``: every BatchNorm re-estimated once, over batches that alternate between the patterns
+  (a precise average of what training averaged);
+- ``own``: every BatchNorm re-estimated under each pattern alone, one set of statistics per pattern.
+
+A network trained alone (``--baseline``) is re-estimated under its own pattern too, so that the
+comparison with ADN stays fair: a precise average can lift any briefly trained network. Statistics
+are cumulative averages over ``--images`` training images with the recipe's training transforms
+(``--transforms eval`` for the evaluation ones), as BatchNorm saw them in training.
+
+    python benchmarks/pattern_statistics.py runs/lite0/shared_norms-lr2-s1 runs/lite0/base-lr4-s1 -o stats.json
+
+Nothing here changes a run folder: it measures what per-pattern statistics would be worth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from adnify.io.files import atomic_write_text
+
+
+def _batchnorms(net: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+
+def reestimated(net: Any, loader: Any, patterns: list[str]) -> Any:
+    """A copy of ``net`` whose BatchNorm statistics are the cumulative average over ``loader``, each
+    batch run under the next of ``patterns`` in turn."""
+    clone = copy.deepcopy(net)
+    clone.eval()
+    for bn in _batchnorms(clone):
+        bn.reset_running_stats()
+        bn.momentum = None
+        bn.train()
+    with torch.no_grad():
+        for i, (images, _labels) in enumerate(loader):
+            if images.shape[0] > 1:
+                clone(images, skip=patterns[i % len(patterns)])
+    clone.eval()
+    return clone
+
+
+def measure(run: Path, *, images: int, transforms: str, which: str) -> dict[str, Any]:
+    """The three scores of every pattern ``which`` names (``ends`` or ``all``) for one run folder."""
+    import adnify
+    from adnify.io.data import load_image_data
+    from adnify.report.evaluate import eval_loader, evaluate_patterns
+    from adnify.train.loaders import build_transforms, calibration_loader
+
+    meta = json.loads((run / "run.json").read_text())
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    net = adnify.load(str(run / "final"))
+    size = net.input_size(config.get("input_size"))
+    data = load_image_data(meta["data"], split=meta.get("eval_split"), label_column=meta.get("label_column"),
+                           val_split=meta.get("val_split", 0.1))
+    test = eval_loader(net, data, batch_size=256, num_workers=2, input_size=size)
+    built = build_transforms(net, config)
+    config = dict(config, _statistics_images=images)
+    calib = calibration_loader(data, built.train if transforms == "train" else built.eval, config, "_statistics_images")
+    if calib is None:
+        raise SystemExit(f"error: {run} has no training images to re-estimate statistics on")
+    trained_alone = meta.get("baseline") is not None
+    if trained_alone:  # the one pattern it was trained as
+        patterns = [meta["baseline"]]
+    elif which == "all":
+        patterns = net.patterns()
+    else:
+        patterns = ["F" * net.num_stages, "T" * net.num_stages]
+    score = lambda model, pats: {p: a.acc1 for p, a in evaluate_patterns(model, pats, test, progress=False).items()}
+    began = time.perf_counter()
+    result = {"run": str(run), "trained_alone": trained_alone, "images": images, "transforms": transforms,
+              "trained": score(net, patterns)}
+    if not trained_alone:
+        result["mixture"] = score(reestimated(net, calib, patterns), patterns)
+    result["own"] = {p: score(reestimated(net, calib, [p]), [p])[p] for p in patterns}
+    result["seconds"] = round(time.perf_counter() - began, 1)
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", type=Path, help="trained run folders (final/, config.yaml, run.json)")
+    parser.add_argument("--images", type=int, default=2048, help="training images per re-estimate (default 2048)")
+    parser.add_argument("--transforms", choices=("train", "eval"), default="train")
+    parser.add_argument("--patterns", choices=("ends", "all"), default="ends",
+                        help="ADN patterns to score: the two ends, or all 2^N (one re-estimate each)")
+    parser.add_argument("-o", "--output", type=Path, help="write the results as JSON here")
+    args = parser.parse_args(argv)
+    if args.images < 2:
+        parser.error(f"--images must be at least 2, not {args.images}")
+    missing = [str(r) for r in args.runs if not (r / "final").is_dir()]
+    if missing:
+        parser.error(f"not a finished run folder (no final/): {', '.join(missing)}")
+    torch.manual_seed(0)
+    results = []
+    for run in args.runs:
+        r = measure(run, images=args.images, transforms=args.transforms, which=args.patterns)
+        results.append(r)
+        for p in r["own"]:
+            mix = f"{r['mixture'][p]:6.2f}" if "mixture" in r else "     -"
+            print(f"{run.name:28s} {p}  trained {r['trained'][p]:6.2f}  mixture {mix}  own {r['own'][p]:6.2f}",
+                  flush=True)
+        if args.output:  # after every run: a long measurement keeps what it has
+            atomic_write_text(args.output, json.dumps(results, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
