@@ -36,24 +36,14 @@ from torch import nn
 from adnify.io.files import atomic_write_text
 
 
-def _batchnorms(net: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    return [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+def reestimated(net: Any, loader: Any, patterns: list[str], images: int) -> Any:
+    """A copy of ``net`` whose every BatchNorm holds the cumulative average over ``images`` images of
+    ``loader``, each batch run under the next of ``patterns`` in turn."""
+    from adnify.train.calibrate import reestimate_batchnorms
 
-
-def reestimated(net: Any, loader: Any, patterns: list[str]) -> Any:
-    """A copy of ``net`` whose BatchNorm statistics are the cumulative average over ``loader``, each
-    batch run under the next of ``patterns`` in turn."""
-    clone = copy.deepcopy(net)
-    clone.eval()
-    for bn in _batchnorms(clone):
-        bn.reset_running_stats()
-        bn.momentum = None
-        bn.train()
-    with torch.no_grad():
-        for i, (images, _labels) in enumerate(loader):
-            if images.shape[0] > 1:
-                clone(images, skip=patterns[i % len(patterns)])
-    clone.eval()
+    clone = copy.deepcopy(net).eval()
+    norms = [m for m in clone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    reestimate_batchnorms(clone, norms, loader, max_images=images, patterns=patterns)
     return clone
 
 
@@ -88,8 +78,8 @@ def measure(run: Path, *, images: int, transforms: str, which: str) -> dict[str,
     result = {"run": str(run), "trained_alone": trained_alone, "images": images, "transforms": transforms,
               "trained": score(net, patterns)}
     if not trained_alone:
-        result["mixture"] = score(reestimated(net, calib, patterns), patterns)
-    result["own"] = {p: score(reestimated(net, calib, [p]), [p])[p] for p in patterns}
+        result["mixture"] = score(reestimated(net, calib, patterns, images), patterns)
+    result["own"] = {p: score(reestimated(net, calib, [p], images), [p])[p] for p in patterns}
     result["seconds"] = round(time.perf_counter() - began, 1)
     return result
 

@@ -16,7 +16,7 @@ from torch import nn
 from ..adaptive import AdaptiveNet
 from ..io.images import BROKEN
 
-__all__ = ["calibrate_skip_norms", "skip_norm_batchnorms"]
+__all__ = ["calibrate_skip_norms", "reestimate_batchnorms", "skip_norm_batchnorms"]
 
 
 def skip_norm_batchnorms(net: AdaptiveNet) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -44,7 +44,16 @@ def calibrate_skip_norms(net: AdaptiveNet, batches: Iterable[Any], *, max_images
         The number of images used. A batch of one image is dropped: BatchNorm cannot take statistics
         of a single value per channel (the last stage of a small input), and one image adds little.
     """
-    norms = skip_norm_batchnorms(net)
+    return reestimate_batchnorms(net, skip_norm_batchnorms(net), batches, max_images=max_images, device=device,
+                                 on_batch=on_batch, patterns=patterns)
+
+
+def reestimate_batchnorms(net: AdaptiveNet, norms: Sequence[nn.modules.batchnorm._BatchNorm], batches: Iterable[Any],
+                          *, max_images: int, device: torch.device | str = "cpu", on_batch: Any = None,
+                          patterns: Sequence[str] = ("base",)) -> int:
+    """Replace the running statistics of ``norms`` (any of ``net``'s BatchNorms) by their cumulative
+    average over up to ``max_images`` images, as :func:`calibrate_skip_norms` does for the copies;
+    the other layers stay in evaluation mode and nothing gets a gradient."""
     if not norms or max_images <= 0:
         return 0
     was_training = net.training
