@@ -22,6 +22,7 @@ from .conversion.convert import convert
 from .conversion.plan import Plan, StagePlan, all_patterns, parse_pattern
 from .errors import AdnifyError
 from .io.loading import load
+from .statistics import PatternStatistics
 
 #: Modules whose ``__all__`` is public API besides the names below.
 PUBLIC_MODULES = (
@@ -50,6 +51,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "AdaptiveNet",
     "AdnifyError",
+    "PatternStatistics",
     "Plan",
     "StagePlan",
     "all_patterns",

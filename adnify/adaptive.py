@@ -13,6 +13,7 @@ from .conversion.analysis import default_input_size
 from .conversion.plan import Plan, all_patterns, format_pattern, parse_pattern
 from .io.storage import save as save_parts
 from .skipping import SkipAwareNorm, SkippableBlock, make_skip_aware, make_skippable, restore
+from .statistics import PatternStatistics, _Installed, batchnorms
 
 Pattern = str | Sequence[bool]
 
@@ -58,6 +59,9 @@ class AdaptiveNet(nn.Module):
             self._skippable.append(blocks)
             self._norms.append(norms)
         self._pattern: tuple[bool, ...] = (False,) * plan.num_stages
+        self._statistics: PatternStatistics | None = None
+        self._batchnorms: dict[str, nn.Module] = {}
+        self._installed = _Installed()
 
     # --- sub-network selection ---------------------------------------------------------------
 
@@ -108,6 +112,8 @@ class AdaptiveNet(nn.Module):
             for n in norms:
                 n.__dict__["adnify_skipped"] = skip
         self._pattern = flags
+        if self._statistics is not None and not self.training:
+            self._installed.swap(self._batchnorms, self._statistics, format_pattern(flags))
 
     @contextlib.contextmanager
     def subnet(self, pattern: Pattern) -> Iterator["AdaptiveNet"]:
@@ -118,6 +124,64 @@ class AdaptiveNet(nn.Module):
             yield self
         finally:
             self.set_subnet(previous)
+
+    # --- per-pattern BatchNorm statistics ---------------------------------------------------------
+
+    @property
+    def pattern_statistics(self) -> PatternStatistics | None:
+        """Each sub-network's own BatchNorm statistics (see :mod:`adnify.statistics`), or None."""
+        return self._statistics
+
+    def set_pattern_statistics(self, stats: PatternStatistics | None) -> None:
+        """Use ``stats`` in evaluation mode from now on (None: the shared statistics training keeps).
+
+        Raises:
+            ValueError: ``stats`` names a layer this model lacks, or has another shape.
+        """
+        norms = batchnorms(self.model)
+        if stats is not None:
+            stats.check_fits(norms, self.num_stages)
+        self._installed.restore(self._batchnorms)
+        self._statistics, self._batchnorms = stats, norms if stats is not None else {}
+        if stats is not None and not self.training:
+            self._installed.swap(norms, stats, self.pattern)
+
+    @contextlib.contextmanager
+    def shared_statistics(self) -> Iterator["AdaptiveNet"]:
+        """Inside the block, every BatchNorm holds the shared statistics training keeps (as in training mode)."""
+        self._installed.restore(self._batchnorms)
+        try:
+            yield self
+        finally:
+            if self._statistics is not None and not self.training:
+                self._installed.swap(self._batchnorms, self._statistics, self.pattern)
+
+    def train(self, mode: bool = True) -> "AdaptiveNet":
+        super().train(mode)
+        if self._statistics is not None:
+            if mode:
+                self._installed.restore(self._batchnorms)
+            else:
+                self._installed.swap(self._batchnorms, self._statistics, self.pattern)
+        return self
+
+    def _apply(self, fn: Any, recurse: bool = True) -> "AdaptiveNet":
+        # A move (.to, .half) must reach the stored sets too, and the shared statistics must move as the
+        # layers' own buffers, not as a pattern's set standing in for them.
+        with self.shared_statistics():
+            super()._apply(fn, recurse)
+            if self._statistics is not None:
+                self._statistics.apply(fn)
+        return self
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> Any:
+        """The module's state with the shared BatchNorm statistics (the per-pattern sets are saved apart)."""
+        with self.shared_statistics():
+            return super().state_dict(*args, **kwargs)
+
+    def load_state_dict(self, *args: Any, **kwargs: Any) -> Any:
+        with self.shared_statistics():  # write into the shared statistics, never into a pattern's set
+            return super().load_state_dict(*args, **kwargs)
 
     # --- running -------------------------------------------------------------------------------
 
@@ -138,8 +202,9 @@ class AdaptiveNet(nn.Module):
 
     def save(self, directory: str, *, force: bool = False, extra: dict[str, Any] | None = None) -> None:
         """Write ``model.safetensors`` and ``adnify.json`` (plan, source, version) atomically."""
-        save_parts(self.model, self.plan, self.source, directory, shared_norms=self.shared_norms, force=force,
-                   extra=extra)
+        with self.shared_statistics():
+            save_parts(self.model, self.plan, self.source, directory, shared_norms=self.shared_norms, force=force,
+                       extra=extra, statistics=self._statistics)
 
     def export(self, pattern: Pattern, *, share: bool = False) -> nn.Module:
         """A plain module computing sub-network ``pattern``: skipped blocks removed, norms resolved.
@@ -159,18 +224,22 @@ class AdaptiveNet(nn.Module):
 
     def __deepcopy__(self, memo: dict) -> "AdaptiveNet":
         # Rebuild the wiring (sink list, module lists) so the copy never touches the original.
-        model = restore_copy(self.model)
+        with self.shared_statistics():
+            model = restore_copy(self.model)
         clone = AdaptiveNet(model, copy.deepcopy(self.plan), source=copy.deepcopy(self.source),
                             shared_norms=self.shared_norms)
         clone._copy_twins_from(self)
         clone.set_subnet(self._pattern)
         clone.train(self.training)
+        if self._statistics is not None:
+            clone.set_pattern_statistics(self._statistics.clone())
         return clone
 
     def _copy_twins_from(self, other: "AdaptiveNet") -> None:
-        for mine, theirs in zip(self._norms, other._norms):
-            for a, b in zip(mine, theirs):
-                a.skip_copy.load_state_dict(b.skip_copy.state_dict())
+        with other.shared_statistics():
+            for mine, theirs in zip(self._norms, other._norms):
+                for a, b in zip(mine, theirs):
+                    a.skip_copy.load_state_dict(b.skip_copy.state_dict())
 
 
 _FLAGS = ("adnify_skip", "adnify_sink", "adnify_stage", "adnify_skipped")
@@ -223,21 +292,44 @@ def restore_copy(model: nn.Module, *, share: bool = False) -> nn.Module:
 def export_static(net: AdaptiveNet, pattern: Pattern, *, share: bool = False) -> nn.Module:
     """See :meth:`AdaptiveNet.export`."""
     flags = parse_pattern(pattern, net.num_stages)
-    static = restore_copy(net.model, share=share)
-    modules = dict(net.model.named_modules())
-    for skip, stage in zip(flags, net.plan.stages):
-        if skip:
-            for name in stage.skippable:
-                _set_submodule(static, name, _PassThrough())
-        if net.shared_norms:
-            continue
-        for name in stage.norms:
-            norm = modules[name]
-            twin = norm.skip_copy
-            _set_submodule(static, name, copy.deepcopy(twin, _tensor_memo(twin, share)) if skip
-                           else restore_copy(norm, share=share))
+    with net.shared_statistics():  # the copy starts from the shared statistics; the pattern's are baked in below
+        static = restore_copy(net.model, share=share)
+        modules = dict(net.model.named_modules())
+        for skip, stage in zip(flags, net.plan.stages):
+            if skip:
+                for name in stage.skippable:
+                    _set_submodule(static, name, _PassThrough())
+            if net.shared_norms:
+                continue
+            for name in stage.norms:
+                norm = modules[name]
+                twin = norm.skip_copy
+                _set_submodule(static, name, copy.deepcopy(twin, _tensor_memo(twin, share)) if skip
+                               else restore_copy(norm, share=share))
+    if net.pattern_statistics is not None:
+        _bake_statistics(net, static, flags, share)
     static.train(net.training)
     return static
+
+
+def _bake_statistics(net: AdaptiveNet, static: nn.Module, flags: tuple[bool, ...], share: bool) -> None:
+    """Give each BatchNorm of ``static`` (sub-network ``flags`` of ``net``) that pattern's statistics."""
+    stats = net.pattern_statistics
+    assert stats is not None
+    skipped_norms = {n: skip for skip, s in zip(flags, net.plan.stages) for n in s.norms}
+    text = format_pattern(flags)
+    for name in stats.sets:
+        owner = name.removesuffix(".skip_copy")
+        if not net.shared_norms and owner in skipped_norms and skipped_norms[owner] != (owner != name):
+            continue  # the other copy of a skip-aware pair is the one this pattern runs
+        try:
+            target = static.get_submodule(owner)
+        except AttributeError:  # inside a block this pattern drops
+            continue
+        pair = stats.lookup(name, text)
+        if pair is not None and isinstance(target, nn.modules.batchnorm._BatchNorm):
+            target._buffers["running_mean"], target._buffers["running_var"] = (
+                pair if share else (pair[0].clone(), pair[1].clone()))
 
 
 __all__ = ["AdaptiveNet", "export_static", "restore_copy", "restore"]

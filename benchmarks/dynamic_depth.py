@@ -7,6 +7,11 @@ within 1.10x), and the file sizes.
 
     python benchmarks/dynamic_depth.py --model resnet50
     python benchmarks/dynamic_depth.py --model efficientnet_b0 --patterns super,base,TFTFT --json out.json
+    python benchmarks/dynamic_depth.py --model resnet50 --shared-norms --pattern-statistics 64   # as trained since 0.4
+
+``--pattern-statistics N`` gives the model each sub-network's own BatchNorm statistics (estimated on N
+random images: only their cost is measured), which the dynamic file selects at run time from the
+``skip`` input, while each static export holds its pattern's as constants.
 """
 
 from __future__ import annotations
@@ -37,11 +42,19 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--shared-norms", action="store_true", help="one norm set for every pattern (the recipes')")
+    parser.add_argument("--pattern-statistics", type=int, default=0, metavar="N",
+                        help="give every sub-network its own BatchNorm statistics, from N random images")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     size = tuple(int(s) for s in args.input_size.split(","))
     torch.manual_seed(0)
-    net = adnify.convert(args.model, input_size=size).eval()
+    net = adnify.convert(args.model, input_size=size, shared_norms=args.shared_norms).eval()
+    if args.pattern_statistics:
+        from adnify.train.calibrate import estimate_pattern_statistics
+
+        images = [(torch.randn(8, *size), torch.zeros(8)) for _ in range(-(-args.pattern_statistics // 8))]
+        net.set_pattern_statistics(estimate_pattern_statistics(net, images, max_images=args.pattern_statistics))
     patterns = net.patterns() if args.patterns == "all" else [
         format_pattern(adnify.parse_pattern(p, net.num_stages)) for p in args.patterns.split(",")]
     with tempfile.TemporaryDirectory(prefix="adnify-dynamic-") as tmp:  # the static files take ~1.4 GB for ResNet-50
@@ -88,7 +101,8 @@ def measure(net: Any, patterns: list[str], folder: Path, size: tuple[int, ...], 
     median = {k: statistics.median(v) * 1000 for k, v in times.items()}
     ratio = {p: median[("dynamic", p)] / median[("static", p)] for p in patterns}
     result = {
-        "model": args.model, "input_size": list(size), "batch_size": args.batch_size, "threads": args.threads,
+        "model": args.model, "shared_norms": args.shared_norms, "pattern_statistics": args.pattern_statistics,
+        "input_size": list(size), "batch_size": args.batch_size, "threads": args.threads,
         "repeats": args.repeats, "session_providers": dynamic.get_providers(),  # onnxruntime falls back silently
         "dynamic_ms": {p: median[("dynamic", p)] for p in patterns},
         "static_ms": {p: median[("static", p)] for p in patterns},

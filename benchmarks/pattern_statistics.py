@@ -17,6 +17,13 @@ are cumulative averages over ``--images`` training images with the recipe's trai
     python benchmarks/pattern_statistics.py runs/lite0/shared_norms-lr2-s1 runs/lite0/base-lr4-s1 -o stats.json
 
 Nothing here changes a run folder: it measures what per-pattern statistics would be worth.
+
+``--shipped`` measures what adnify ships instead (the recipes' ``pattern_statistics``): the statistics
+:func:`adnify.train.calibrate.estimate_pattern_statistics` estimates after training, one set per prefix,
+every pattern scored with them (the prefix tree), and the study's middle figures (partial-order violations,
+the worst sub-network against the base-net). A network trained alone gets its one precise set, as in training:
+
+    python benchmarks/pattern_statistics.py --shipped runs/lite0/shared_norms-lr2-s0 runs/lite0/base-lr4-s0 -o shipped.json
 """
 
 from __future__ import annotations
@@ -75,11 +82,37 @@ def measure(run: Path, *, images: int, transforms: str, which: str) -> dict[str,
         patterns = ["F" * net.num_stages, "T" * net.num_stages]
     score = lambda model, pats: {p: a.acc1 for p, a in evaluate_patterns(model, pats, test, progress=False).items()}
     began = time.perf_counter()
+    if which == "shipped":
+        return shipped(run, net, calib, images, transforms, trained_alone, patterns if trained_alone else
+                       net.patterns(), score, began)
     result = {"run": str(run), "trained_alone": trained_alone, "images": images, "transforms": transforms,
               "trained": score(net, patterns)}
     if not trained_alone:
         result["mixture"] = score(reestimated(net, calib, patterns, images), patterns)
     result["own"] = {p: score(reestimated(net, calib, [p], images), [p])[p] for p in patterns}
+    result["seconds"] = round(time.perf_counter() - began, 1)
+    return result
+
+
+def shipped(run: Path, net: Any, calib: Any, images: int, transforms: str, trained_alone: bool,
+            patterns: list[str], score: Any, began: float) -> dict[str, Any]:
+    """Every pattern of ``net`` scored as trained and with the statistics training estimates when asked."""
+    from adnify.train.calibrate import estimate_pattern_statistics
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from claims import middle_figures
+
+    result = {"run": str(run), "trained_alone": trained_alone, "images": images, "transforms": transforms,
+              "trained": score(net, patterns)}
+    if trained_alone:
+        result["shipped"] = {p: score(reestimated(net, calib, [p], images), [p])[p] for p in patterns}
+    else:
+        net.set_pattern_statistics(estimate_pattern_statistics(net, calib, max_images=images,
+                                                               info={"transforms": transforms}))
+        result["statistics_values"] = net.pattern_statistics.num_values()
+        result["shipped"] = score(net, patterns)
+        result["middle_trained"] = middle_figures(result["trained"])
+        result["middle_shipped"] = middle_figures(result["shipped"])
     result["seconds"] = round(time.perf_counter() - began, 1)
     return result
 
@@ -92,6 +125,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--transforms", choices=("train", "eval"), default="train")
     parser.add_argument("--patterns", choices=("ends", "all"), default="ends",
                         help="ADN patterns to score: the two ends, or all 2^N (one re-estimate each)")
+    parser.add_argument("--shipped", action="store_true",
+                        help="score every pattern with the per-prefix statistics adnify estimates and stores")
     parser.add_argument("-o", "--output", type=Path, help="write the results as JSON here")
     args = parser.parse_args(argv)
     if args.images < 2:
@@ -102,8 +137,20 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
     results = []
     for run in args.runs:
-        r = measure(run, images=args.images, transforms=args.transforms, which=args.patterns)
+        r = measure(run, images=args.images, transforms=args.transforms,
+                    which="shipped" if args.shipped else args.patterns)
         results.append(r)
+        if args.shipped:
+            for p in r["shipped"]:
+                print(f"{run.name:28s} {p}  trained {r['trained'][p]:6.2f}  shipped {r['shipped'][p]:6.2f}", flush=True)
+            for key in ("middle_trained", "middle_shipped"):
+                if r.get(key):
+                    m = r[key]
+                    print(f"{run.name:28s} {key}: {m['violations']} violations, worst {m['worst']} "
+                          f"{m['worst_vs_base']:+.2f} vs the base-net", flush=True)
+            if args.output:
+                atomic_write_text(args.output, json.dumps(results, indent=1) + "\n")
+            continue
         for p in r["own"]:
             mix = f"{r['mixture'][p]:6.2f}" if "mixture" in r else "     -"
             print(f"{run.name:28s} {p}  trained {r['trained'][p]:6.2f}  mixture {mix}  own {r['own'][p]:6.2f}",

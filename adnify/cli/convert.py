@@ -92,6 +92,12 @@ def info(directory: Annotated[str, typer.Argument(help="A converted model or tra
     console.print(f"{directory}: {src.get('model') or src.get('class')}  {src.get('weights', '')}  input {size}{trained}",
                   highlight=False)
     console.print(plan_table(net, costs, title=f"{net.num_stages} adaptive stages"))
+    stats = net.pattern_statistics
+    if stats is not None:
+        images = stats.info.get("images")
+        on = f", estimated on {images:,} images" if isinstance(images, int) else ""
+        console.print(f"BatchNorm statistics: each sub-network's own ({len(stats.sets)} layers, "
+                      f"{stats.num_values():,} values{on})", highlight=False)
 
 
 def export(

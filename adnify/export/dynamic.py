@@ -13,6 +13,8 @@ depth by budget without adnify installed.
 
 from __future__ import annotations
 
+import copy
+import itertools
 import json
 import os
 import tempfile
@@ -20,9 +22,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..adaptive import AdaptiveNet
+from ..conversion.plan import format_pattern
 from ..errors import AdnifyError, first_line
 from ..io.files import check_writable
 
@@ -48,17 +52,22 @@ class DynamicDepth(nn.Module):
 
     def __init__(self, net: AdaptiveNet, *, per_stage: bool = True) -> None:
         super().__init__()
-        self.net = net
         self._flags: list = [None]
+        if net.pattern_statistics is not None:  # on a copy whose BatchNorms pick their statistics by ``skip``
+            net, per_stage = selecting_statistics(net, self._flags), False
+        self.net = net
         self.switched = switched_model(net, self._flags) if per_stage else None
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> Any:
+        self._flags[0] = skip
+        try:
+            return self._forward(x, skip)
+        finally:
+            self._flags[0] = None
+
+    def _forward(self, x: torch.Tensor, skip: torch.Tensor) -> Any:
         if self.switched is not None:
-            self._flags[0] = skip
-            try:
-                return self.switched(x)
-            finally:
-                self._flags[0] = None
+            return self.switched(x)
         net = self.net
         sinks = {m: m.__dict__["adnify_sink"] for m in net.model.modules() if m.__dict__.get("adnify_sink") is not None}
         try:
@@ -75,6 +84,62 @@ class DynamicDepth(nn.Module):
                 m.__dict__["adnify_sink"] = sink
             flags, net._pattern = net._pattern, None
             net.set_subnet(flags)  # back to plain bools
+
+
+class SelectedStatistics:
+    """Mixin for a BatchNorm in evaluation: its running statistics are rows of a table (one per prefix of
+    skip flags, ``F`` = 0 and the first flag the most significant bit) picked by the ``skip`` input.
+
+    The rows are selected with ``index_select`` and normalised functionally: inside a ``torch.cond``
+    branch nothing may be assigned, and a data-dependent index would give the export unbacked sizes.
+    """
+
+    adnify_flags: list
+    adnify_level: int
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        row = (self.adnify_flags[0][: self.adnify_level].to(torch.int64) * self.adnify_place).sum().reshape(1)
+        mean = torch.index_select(self.adnify_means, 0, row).reshape(-1)
+        var = torch.index_select(self.adnify_vars, 0, row).reshape(-1)
+        out = F.batch_norm(x, mean, var, self.weight, self.bias, False, 0.0, self.eps)  # type: ignore[attr-defined]
+        for part in ("drop", "act"):  # timm's BatchNormAct2d normalises, then drops, then activates
+            layer = getattr(self, part, None)
+            if layer is not None:
+                out = layer(out)
+        return out
+
+
+_PLAIN_BATCHNORMS = ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "BatchNormAct2d")
+
+
+def selecting_statistics(net: AdaptiveNet, flags: list) -> AdaptiveNet:
+    """A copy of ``net`` whose BatchNorms read ``net.pattern_statistics`` by the skip flags in ``flags[0]``."""
+    from ..skipping import SkipAwareNorm
+
+    stats = net.pattern_statistics
+    assert stats is not None
+    clone = copy.deepcopy(net).eval()
+    clone.set_pattern_statistics(None)
+    norms = dict(clone.model.named_modules())
+    for name in stats.sets:
+        norm = norms[name]
+        cls = type(norm)
+        base = getattr(cls, "adnify_base", cls)
+        if base.__name__ not in _PLAIN_BATCHNORMS:
+            raise AdnifyError(f"{name} is a {base.__name__}, whose statistics a dynamic-depth file cannot pick at run "
+                              "time; export one --pattern at a time (each with its own statistics)")
+        level = stats.level(name)
+        rows = [stats.sets[name].get(format_pattern(bits), (norm.running_mean, norm.running_var))
+                for bits in itertools.product((False, True), repeat=level)]
+        # The own norm of a skip-aware pair keeps its switch to the twin above the selection.
+        mixins = (SkipAwareNorm, SelectedStatistics) if isinstance(norm, SkipAwareNorm) else (SelectedStatistics,)
+        norm.__class__ = type(f"Selected{base.__name__}", (*mixins, base), {"adnify_base": base})
+        norm.register_buffer("adnify_means", torch.stack([r[0] for r in rows]), persistent=False)
+        norm.register_buffer("adnify_vars", torch.stack([r[1] for r in rows]), persistent=False)
+        norm.register_buffer("adnify_place", torch.tensor([2 ** (level - 1 - i) for i in range(level)],
+                                                          dtype=torch.int64), persistent=False)
+        norm.adnify_level, norm.adnify_flags = level, flags
+    return clone
 
 
 def switched_model(net: AdaptiveNet, flags: list) -> nn.Module | None:
@@ -150,7 +215,7 @@ def export_dynamic(net: AdaptiveNet, path: str | os.PathLike, *, format: str = "
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix or ".bin", dir=path.parent)
     os.close(fd)
     try:
-        module = DynamicDepth(net).eval()
+        module = DynamicDepth(net, per_stage=net.pattern_statistics is None).eval()
         while True:
             try:
                 with torch.no_grad():

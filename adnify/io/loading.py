@@ -12,7 +12,7 @@ from ..adaptive import AdaptiveNet
 from ..conversion.plan import Plan
 from ..errors import AdnifyError, first_line
 from .checkpoint import describe_file
-from .storage import FORMAT_VERSION, WEIGHTS_NAME, model_dir, read_config
+from .storage import FORMAT_VERSION, STATISTICS_NAME, WEIGHTS_NAME, model_dir, read_config
 
 __all__ = ["load"]
 
@@ -67,8 +67,31 @@ def load(directory: str | os.PathLike, *, model: nn.Module | None = None,
         missing, unexpected = sorted(missing), sorted(unexpected)
         raise AdnifyError(f"{weights} does not fit the model {directory}/adnify.json describes: "
                           f"{len(missing)} tensors missing {missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}")
+    if config.get("pattern_statistics"):
+        _load_statistics(net, directory, config["pattern_statistics"])
     net.eval()
     return net
+
+
+def _load_statistics(net: AdaptiveNet, directory: Path, entry: dict[str, Any]) -> None:
+    """Attach the per-pattern BatchNorm statistics ``adnify.json`` names, with a clear error for a bad file."""
+    from safetensors.torch import load_file
+
+    from ..statistics import PatternStatistics
+
+    path = directory / str(entry.get("file", STATISTICS_NAME))
+    if not path.is_file():
+        raise AdnifyError(f"{directory}/adnify.json names per-pattern statistics in {path.name}, which is missing; "
+                          f"restore the file, or delete the \"pattern_statistics\" entry to use the shared statistics")
+    try:
+        tensors = load_file(str(path))
+    except Exception as e:  # SafetensorError and friends
+        raise AdnifyError(f"{path} is damaged: {describe_file(path)} ({first_line(e)})") from e
+    info = {k: v for k, v in entry.items() if k != "file"}
+    try:
+        net.set_pattern_statistics(PatternStatistics.from_tensors(tensors, info))
+    except ValueError as e:
+        raise AdnifyError(f"{path} does not fit the model {directory}/adnify.json describes: {e}") from e
 
 
 def _kwargs_text(kwargs: dict[str, Any]) -> str:

@@ -15,9 +15,9 @@ starts), :mod:`.progress`,
 :mod:`.demo`; evaluation uses :func:`adnify.report.evaluate.evaluate_patterns`.
 """
 
-from .calibrate import calibrate_skip_norms
+from .calibrate import calibrate_skip_norms, estimate_pattern_statistics
 from .loop import StepInfo, TrainResult
 from .rundir import RunDir
 from .run import train
 
-__all__ = ["RunDir", "StepInfo", "TrainResult", "calibrate_skip_norms", "train"]
+__all__ = ["RunDir", "StepInfo", "TrainResult", "calibrate_skip_norms", "estimate_pattern_statistics", "train"]

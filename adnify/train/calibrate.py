@@ -15,8 +15,9 @@ from torch import nn
 
 from ..adaptive import AdaptiveNet
 from ..io.images import BROKEN
+from ..statistics import PatternStatistics, batchnorms, statistics_levels
 
-__all__ = ["calibrate_skip_norms", "reestimate_batchnorms", "skip_norm_batchnorms"]
+__all__ = ["calibrate_skip_norms", "estimate_pattern_statistics", "reestimate_batchnorms", "skip_norm_batchnorms"]
 
 
 def skip_norm_batchnorms(net: AdaptiveNet) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -48,12 +49,13 @@ def calibrate_skip_norms(net: AdaptiveNet, batches: Iterable[Any], *, max_images
                                  on_batch=on_batch, patterns=patterns)
 
 
-def reestimate_batchnorms(net: AdaptiveNet, norms: Sequence[nn.modules.batchnorm._BatchNorm], batches: Iterable[Any],
+def reestimate_batchnorms(net: nn.Module, norms: Sequence[nn.modules.batchnorm._BatchNorm], batches: Iterable[Any],
                           *, max_images: int, device: torch.device | str = "cpu", on_batch: Any = None,
-                          patterns: Sequence[str] = ("base",)) -> int:
+                          patterns: Sequence[str] | None = ("base",)) -> int:
     """Replace the running statistics of ``norms`` (any of ``net``'s BatchNorms) by their cumulative
     average over up to ``max_images`` images, as :func:`calibrate_skip_norms` does for the copies;
-    the other layers stay in evaluation mode and nothing gets a gradient."""
+    the other layers stay in evaluation mode and nothing gets a gradient. ``net`` is an adaptive net
+    run under ``patterns`` in turn, or (``patterns=None``) any module, run as it is."""
     if not norms or max_images <= 0:
         return 0
     was_training = net.training
@@ -70,7 +72,10 @@ def reestimate_batchnorms(net: AdaptiveNet, norms: Sequence[nn.modules.batchnorm
                 images = images[labels != BROKEN][: max_images - seen].to(device)
                 if images.shape[0] < 2:
                     continue
-                net(images, skip=patterns[i % len(patterns)])
+                if patterns is None:  # a plain module: a network trained alone
+                    net(images)
+                else:
+                    net(images, skip=patterns[i % len(patterns)])
                 seen += images.shape[0]
                 if on_batch is not None:
                     on_batch(images.shape[0])
@@ -81,3 +86,61 @@ def reestimate_batchnorms(net: AdaptiveNet, norms: Sequence[nn.modules.batchnorm
             m.momentum = momentum
         net.train(was_training)
     return seen
+
+
+def estimate_pattern_statistics(net: AdaptiveNet, batches: Iterable[Any], *, max_images: int,
+                                patterns: Sequence[str] | None = None, device: torch.device | str = "cpu",
+                                on_pattern: Any = None, on_batch: Any = None,
+                                info: dict[str, Any] | None = None) -> PatternStatistics:
+    """Each sub-network's own BatchNorm statistics: a cumulative average over up to ``max_images`` images
+    of ``batches`` (re-iterated once per pattern), under each of ``patterns`` (default all ``2**N``).
+
+    A layer's set is estimated once per prefix of skip flags it depends on (see :mod:`adnify.statistics`),
+    under the first pattern that runs it, with every layer in training mode as in a precise re-estimate
+    of that pattern alone. Nothing about ``net`` changes; attach the result with
+    :meth:`~adnify.adaptive.AdaptiveNet.set_pattern_statistics`. Use the transforms the weights were
+    trained with: on lite0, statistics of evaluation-transformed images scored lower on every network.
+
+    Args:
+        on_pattern: called with each pattern before its pass (a progress bar's label).
+        on_batch: called with the number of images after each batch.
+        info: recorded with the statistics (``adnify.json``), e.g. the transforms used.
+    """
+    patterns = list(patterns) if patterns is not None else net.patterns()
+    previous = net.pattern_statistics
+    net.set_pattern_statistics(None)
+    norms = batchnorms(net.model)
+    levels = statistics_levels(net, norms)
+    sets: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {name: {} for name in levels}
+    counted = 0
+    try:
+        for pattern in patterns:
+            todo = [n for n in levels if pattern[: levels[n]] not in sets[n]]
+            if not todo:
+                continue
+            if on_pattern is not None:
+                on_pattern(pattern)
+            # Every layer in train mode on fresh tensors, as a precise re-estimate of this pattern alone would
+            # have it (upstream layers normalise with batch statistics); only the missing sets are kept.
+            saved = {n: dict(norm._buffers) for n, norm in norms.items()}
+            for norm in norms.values():
+                for key in ("running_mean", "running_var", "num_batches_tracked"):
+                    norm._buffers[key] = norm._buffers[key].clone()
+            try:
+                counted = reestimate_batchnorms(net, list(norms.values()), batches, max_images=max_images,
+                                                device=device, on_batch=on_batch, patterns=(pattern,))
+                for n in todo:
+                    if int(norms[n].num_batches_tracked) > 0:  # it ran under this pattern
+                        sets[n][pattern[: levels[n]]] = (norms[n].running_mean, norms[n].running_var)
+            finally:
+                for n, buffers in saved.items():
+                    norms[n]._buffers.update(buffers)
+    except BaseException:
+        net.set_pattern_statistics(previous)
+        raise
+    if counted == 0:
+        net.set_pattern_statistics(previous)
+        raise ValueError("no batch of at least 2 usable images to estimate statistics on")
+    net.set_pattern_statistics(previous)
+    return PatternStatistics({n: per for n, per in sets.items() if per},
+                             {"images": counted, "patterns": len(patterns), **(info or {})})

@@ -190,7 +190,7 @@ def train_loader(data: ImageData, transform: Callable, config: dict[str, Any], n
 
 def calibration_loader(data: ImageData, transform: Callable, config: dict[str, Any],
                        key: str = "calibrate_skip_norms") -> Any:
-    """Training images with evaluation transforms, a seeded random ``config[key]`` of them, or None."""
+    """Training images with ``transform``, a seeded random ``config[key]`` of them, or None."""
     count = config[key]
     if count <= 0 or data.train is None or len(data.train) == 0:
         return None

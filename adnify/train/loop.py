@@ -113,6 +113,43 @@ def _calibrate(session: Session, progress: TrainProgress, *, after_training: boo
         progress.print(f"skip-aware norm statistics re-estimated {under}on {count:,} training images ({seconds:.0f} s)")
 
 
+def _estimate_statistics(session: Session, progress: TrainProgress) -> None:
+    """Each sub-network's own BatchNorm statistics (``pattern_statistics``), for the net and its EMA; a
+    network trained alone gets one precise set under its own pattern, so that comparisons stay fair."""
+    from ..statistics import batchnorms
+    from .calibrate import estimate_pattern_statistics, reestimate_batchnorms
+
+    if session.statistics_loader is None or session.statistics_done:
+        return
+    began = time.perf_counter()
+    images, device, count = session.config["pattern_statistics"], session.accelerator.device, 0
+    with progress.evaluating("BatchNorm statistics of every sub-network") as shown:
+        done = [0]
+
+        def advance(n: int) -> None:
+            done[0] += n
+            shown(done[0], None)
+
+        if session.baseline:
+            modules = [session.trained] + ([session.ema.module] if session.ema is not None else [])
+            for module in modules:
+                count = reestimate_batchnorms(module, list(batchnorms(module).values()), session.statistics_loader,
+                                              max_images=images, device=device, on_batch=advance, patterns=None)
+        else:
+            for net in _eval_nets(session).values():
+                stats = estimate_pattern_statistics(net, session.statistics_loader, max_images=images, device=device,
+                                                    on_batch=advance, info={"transforms": "train"})
+                net.set_pattern_statistics(stats)
+                count = stats.info["images"]
+    session.statistics_done = True
+    seconds = time.perf_counter() - began
+    if session.accelerator.is_main_process:
+        session.run.log({"kind": "pattern_statistics", "step": session.state.step, "images": count,
+                         "seconds": round(seconds, 1)})
+        what = "its own pattern" if session.baseline else "every sub-network"
+        progress.print(f"BatchNorm statistics estimated under {what} on {count:,} training images ({seconds:.0f} s)")
+
+
 def _evaluate(session: Session, progress: TrainProgress, phase: str | None = None) -> dict[str, Any] | None:
     """Accuracy of the super- and base-net (a baseline: its own pattern) on the validation split."""
     from ..report.evaluate import evaluate_patterns
@@ -360,6 +397,8 @@ def run_loop(
                 every = cfg["eval_every_epochs"]  # 0: never
                 if state.epoch == session.total_epochs and session.recalibration_loader is not None:
                     _calibrate(session, bar, after_training=True)
+                if state.epoch == session.total_epochs:
+                    _estimate_statistics(session, bar)
                 if every and (state.epoch % every == 0 or state.epoch == session.total_epochs):
                     evaluation = _evaluate(session, bar)
                     _train_mode(session)
@@ -370,6 +409,8 @@ def run_loop(
                     continue
             status = "interrupted" if stop.requested else "stopped"
             break
+        if status != "interrupted":
+            _estimate_statistics(session, bar)  # a run stopped early, or resumed after its last epoch
     if status != "interrupted":
         _save_final(session)
     acc.wait_for_everyone()

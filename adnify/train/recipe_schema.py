@@ -158,6 +158,11 @@ SCHEMA: dict[str, _Key] = {
                                    "skip-aware norm copies on this many training images, under every sub-network "
                                    "that uses a copy in turn (their running averages were taken under the base-net "
                                    "alone, which misfits the sub-networks between the ends); 0 = off", **_NONNEG),
+    "pattern_statistics": _Key(0, int, "after the last step, estimate each sub-network's own BatchNorm running "
+                               "statistics (one set per prefix of skip flags) on this many training images with the "
+                               "training transforms; saved with the model and used in evaluation, where training's "
+                               "single set averages over both passes and fits neither end. A network trained alone "
+                               "gets one precise set the same way; 0 = off", **_NONNEG),
     "calibrate_skip_norms": _Key(0, int, "before training, re-estimate the BatchNorm statistics of the skip-aware "
                                  "norm copies over this many training images (base-net, no gradients); 0 = off", **_NONNEG),
     # -- logging and checkpoints --------------------------------------------------------------

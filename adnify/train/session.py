@@ -16,6 +16,7 @@ from ..conversion.plan import format_pattern, parse_pattern
 from ..errors import AdnifyError
 from ..io.data import ImageData, check_labels
 from ..io.loading import load
+from ..statistics import batchnorms
 from ..report.evaluate import eval_data_config, eval_loader
 from .calibrate import skip_norm_batchnorms
 from .loaders import build_mixup, build_transforms, calibration_loader, train_loader
@@ -54,6 +55,8 @@ class Session:
     mixup: Any = None
     calibration_loader: Any = None
     recalibration_loader: Any = None
+    statistics_loader: Any = None  # training images for each sub-network's BatchNorm statistics
+    statistics_done: bool = False
     teacher: nn.Module | None = None
     ema: Any = None
     state: TrainState = field(default_factory=TrainState)
@@ -305,6 +308,8 @@ def prepare_session(
     # Only a net with BatchNorm copies has statistics to re-estimate (not a baseline, nor shared norms).
     recalibration = (calibration_loader(data, transforms.eval, config, "recalibrate_skip_norms")
                      if not pattern and skip_norm_batchnorms(net) else None)
+    statistics = (calibration_loader(data, transforms.train, config, "pattern_statistics")
+                  if batchnorms(trained) else None)
     classes = head_size(net) or data.num_classes or 0
     mixup = build_mixup(config, classes)
     criterion = build_criterion(config, mixup is not None)
@@ -343,6 +348,6 @@ def prepare_session(
         accelerator=accelerator, run=run, config=config, info=info, data=data, net=net, trained=trained,
         model=model, optimizer=optimizer, scheduler=scheduler, total_epochs=total_epochs, train_loader=loader,
         sampler=sampler, eval_loader=evaluation, calibration_loader=calibration,
-        recalibration_loader=recalibration, loss=loss, criterion=criterion,
+        recalibration_loader=recalibration, statistics_loader=statistics, loss=loss, criterion=criterion,
         mixup=mixup, teacher=teacher, ema=ema, state=state, notes=notes,
     )

@@ -99,7 +99,7 @@ def test_a_run_re_estimates_the_copies_under_every_sub_network_after_the_last_st
     torch.manual_seed(0)
     adnify.convert("resnet18", **TINY).save(str(tmp_path / "m"))
     common = dict(input_size=(3, 32, 32), workers=0, batch_size=8, amp=False, epochs=1, epoch_images=16,
-                  shared_norms=False)
+                  shared_norms=False, pattern_statistics=0)  # the copies' re-estimate alone
     train(str(tmp_path / "m"), data="builtin:digits", output=tmp_path / "plain", recipe="resnet", progress=False,
           overrides=common)
     train(str(tmp_path / "m"), data="builtin:digits", output=tmp_path / "re", recipe="resnet", progress=False,
