@@ -19,7 +19,7 @@ DEMO_OVERRIDES: dict[str, Any] = {
     "labels": "auto", "lr": 2e-3, "batch_size": 32, "warmup_epochs": 0, "weight_decay": 0.01,
     "train_params": "all", "feature_kd": "none", "logit_kd": True, "base_label_weight": 1.0, "im_weight": 0.0,
     "kd_weight_pre_logits": 0.0, "mixup": 0.0, "cutmix": 0.0,
-    "eval_before_training": False, "shared_norms": True, "pattern_statistics": 1024,
+    "eval_before_training": False, "shared_norms": True, "pattern_statistics": 256,
     "scale": (0.6, 1.0), "ratio": (0.8, 1.25), "hflip": 0.0, "smoothing": 0.0, "freeze_bn_stats": False,
     "amp": False, "workers": 0, "log_interval": 10, "checkpoint_every_steps": None, "keep_checkpoints": 1,
 }
