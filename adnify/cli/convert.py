@@ -107,6 +107,9 @@ def export(
     dynamic_depth: Annotated[bool, typer.Option(
         "--dynamic-depth", help="One file for every depth: inputs image and skip (bool[N]), chosen at run time.")] = False,
     format: Annotated[ExportFormat, typer.Option("--format", help="pt: torch.export program (.pt2); onnx.")] = ExportFormat.pt,
+    shared_statistics: Annotated[bool, typer.Option(
+        "--shared-statistics", help="With --dynamic-depth: the BatchNorm statistics training kept, not each "
+        "sub-network's own selected at run time (faster, less accurate).")] = False,
     input_size: InputSize = None,
     batch_size: Annotated[int, typer.Option(help="Batch size of the example input.")] = 1,
     force: Force = False,
@@ -124,12 +127,16 @@ def export(
 
     if dynamic_depth == (pattern is not None):
         raise AdnifyError("pass either --pattern (one static sub-network) or --dynamic-depth (every depth in one file)")
+    if shared_statistics and not dynamic_depth:
+        raise AdnifyError("--shared-statistics applies to --dynamic-depth; a --pattern export always holds its "
+                          "pattern's own statistics")
     net = open_source(directory)
     size = parse_ints(input_size, "--input-size")
     if dynamic_depth:
         from ..export import export_dynamic
 
-        path = export_dynamic(net, output, format=format.value, input_size=size, force=force)
+        path = export_dynamic(net, output, format=format.value, input_size=size, force=force,
+                              shared_statistics=shared_statistics)
         console.print(f"wrote {path} ({format.value}, dynamic depth: inputs 'input' and 'skip' "
                       f"(bool[{net.num_stages}]), {2 ** net.num_stages} patterns)", highlight=False)
         return

@@ -246,3 +246,26 @@ def test_a_model_trained_without_them_gets_them_from_a_run_of_no_steps(tiny_adn_
     assert result.step == 0 and adnify.load(again).pattern_statistics is not None
     before, after = load_file(str(first / "final" / "model.safetensors")), load_file(str(again / "final" / "model.safetensors"))
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_shared_statistics_writes_a_dynamic_file_computing_what_training_kept(net_with_stats, tmp_path):
+    from typer.testing import CliRunner
+
+    from adnify.cli import app
+
+    net_with_stats.save(str(tmp_path / "m"))
+    runner = CliRunner()
+    refused = runner.invoke(app, ["export", str(tmp_path / "m"), "--pattern", "base", "--shared-statistics",
+                                  "-o", str(tmp_path / "x.pt2")])
+    assert refused.exit_code != 0 and "--shared-statistics applies to --dynamic-depth" in str(refused.exception)
+    done = runner.invoke(app, ["export", str(tmp_path / "m"), "--dynamic-depth", "--shared-statistics",
+                               "--input-size", "3,32,32", "-o", str(tmp_path / "m.pt2")])
+    assert done.exit_code == 0, done.output
+    program = torch.export.load(str(tmp_path / "m.pt2")).module()
+    shared = copy.deepcopy(net_with_stats)
+    shared.set_pattern_statistics(None)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(program(x, torch.tensor([True, False, True, True])), shared(x, skip="TFTT"),
+                                   rtol=1e-4, atol=1e-5)
+    assert net_with_stats.pattern_statistics is not None  # the model itself keeps its own
