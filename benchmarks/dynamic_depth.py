@@ -7,7 +7,7 @@ within 1.10x), and the file sizes.
 
     python benchmarks/dynamic_depth.py --model resnet50
     python benchmarks/dynamic_depth.py --model efficientnet_b0 --patterns super,base,TFTFT --json out.json
-    python benchmarks/dynamic_depth.py --model resnet50 --shared-norms --pattern-statistics 64   # as trained since 0.4
+    python benchmarks/dynamic_depth.py --model resnet50 --shared-norms --pattern-statistics 64   # as the recipes train
 
 ``--pattern-statistics N`` gives the model each sub-network's own BatchNorm statistics (estimated on N
 random images: only their cost is measured), which the dynamic file selects at run time from the
