@@ -59,6 +59,25 @@ def test_every_pattern_computes_what_a_precise_estimate_under_it_alone_computes(
                                        rtol=1e-5, atol=1e-5)
 
 
+def test_fused_norm_activation_layers_and_a_head_norm_get_their_sets_too():
+    torch.manual_seed(0)  # Lite0: timm's BatchNormAct2d throughout, and a BatchNorm after the last stage
+    net = adnify.convert("tf_efficientnet_lite0", shared_norms=True, num_classes=10, input_size=(3, 32, 32)).eval()
+    net.set_pattern_statistics(estimate_pattern_statistics(net, batches(2), max_images=16))
+    assert net.pattern_statistics.level("bn2") == 5 and len(net.pattern_statistics.sets["bn2"]) == 32
+    x = torch.randn(2, 3, 32, 32)
+    expected = outputs(net, x)
+    by_tree = PatternTree.build(net).run(x, [adnify.parse_pattern(p, 5) for p in net.patterns()])
+    for pattern in ("FFFFF", "TFTFT", "TTTTT"):
+        ref = copy.deepcopy(net)
+        ref.set_pattern_statistics(None)
+        norms = [m for m in ref.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        reestimate_batchnorms(ref, norms, batches(2), max_images=16, patterns=(pattern,))
+        with torch.no_grad():
+            torch.testing.assert_close(expected[pattern], ref.eval()(x, skip=pattern), rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(net.export(pattern).eval()(x), expected[pattern], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(by_tree[adnify.parse_pattern(pattern, 5)], expected[pattern], rtol=0, atol=0)
+
+
 def test_a_layer_keeps_one_set_per_prefix_of_the_stages_before_it():
     net = tiny()
     stats = estimate_pattern_statistics(net, batches(), max_images=32)
