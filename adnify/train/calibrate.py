@@ -110,6 +110,9 @@ def estimate_pattern_statistics(net: AdaptiveNet, batches: Iterable[Any], *, max
     previous = net.pattern_statistics
     net.set_pattern_statistics(None)
     norms = batchnorms(net.model)
+    if not norms:
+        net.set_pattern_statistics(previous)
+        raise ValueError(f"{type(net.model).__name__} has no BatchNorm with running statistics to estimate")
     levels = statistics_levels(net, norms)
     sets: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {name: {} for name in levels}
     counted = 0

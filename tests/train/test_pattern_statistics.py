@@ -191,6 +191,13 @@ def test_a_missing_or_foreign_statistics_file_is_one_clear_error(net_with_stats,
         adnify.load(str(tmp_path / "m"))
 
 
+def test_a_model_without_batchnorm_has_nothing_to_estimate():
+    torch.manual_seed(0)
+    net = adnify.convert("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=4, num_classes=10, groups=2)
+    with pytest.raises(ValueError, match="no BatchNorm"):
+        estimate_pattern_statistics(net, batches(), max_images=8)
+
+
 def test_statistics_for_another_model_are_refused():
     net = tiny()
     bad = PatternStatistics({"no.such.norm": {"": (torch.zeros(8), torch.ones(8))}})
