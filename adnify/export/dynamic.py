@@ -230,7 +230,7 @@ def export_dynamic(net: AdaptiveNet, path: str | os.PathLike, *, format: str = "
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix or ".bin", dir=path.parent)
     os.close(fd)
     try:
-        module = DynamicDepth(net, per_stage=net.pattern_statistics is None).eval()
+        module = DynamicDepth(net).eval()  # a net with per-pattern statistics: DynamicDepth picks the fallback
         while True:
             try:
                 with torch.no_grad():

@@ -108,15 +108,14 @@ def estimate_pattern_statistics(net: AdaptiveNet, batches: Iterable[Any], *, max
     """
     patterns = list(patterns) if patterns is not None else net.patterns()
     previous = net.pattern_statistics
-    net.set_pattern_statistics(None)
-    norms = batchnorms(net.model)
-    if not norms:
-        net.set_pattern_statistics(previous)
-        raise ValueError(f"{type(net.model).__name__} has no BatchNorm with running statistics to estimate")
-    levels = statistics_levels(net, norms)
-    sets: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {name: {} for name in levels}
-    counted = 0
+    net.set_pattern_statistics(None)  # estimate from the shared statistics' layers; put back whatever happens
     try:
+        norms = batchnorms(net.model)
+        if not norms:
+            raise ValueError(f"{type(net.model).__name__} has no BatchNorm with running statistics to estimate")
+        levels = statistics_levels(net, norms)
+        sets: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {name: {} for name in levels}
+        counted = 0
         for pattern in patterns:
             todo = [n for n in levels if pattern[: levels[n]] not in sets[n]]
             if not todo:
@@ -138,12 +137,9 @@ def estimate_pattern_statistics(net: AdaptiveNet, batches: Iterable[Any], *, max
             finally:
                 for n, buffers in saved.items():
                     norms[n]._buffers.update(buffers)
-    except BaseException:
+        if counted == 0:
+            raise ValueError("no batch of at least 2 usable images to estimate statistics on")
+    finally:
         net.set_pattern_statistics(previous)
-        raise
-    if counted == 0:
-        net.set_pattern_statistics(previous)
-        raise ValueError("no batch of at least 2 usable images to estimate statistics on")
-    net.set_pattern_statistics(previous)
     return PatternStatistics({n: per for n, per in sets.items() if per},
                              {"images": counted, "patterns": len(patterns), **(info or {})})

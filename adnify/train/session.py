@@ -304,10 +304,10 @@ def prepare_session(
     loader, sampler = train_loader(data, transforms.train, config, world)
     evaluation = None if data.validation is None else eval_loader(  # the pipeline of `adnify report`
         net, data, batch_size=config["batch_size"], num_workers=min(config["workers"], 2), input_size=transforms.input_size)
-    calibration = calibration_loader(data, transforms.eval, config) if not pattern and skip_norm_batchnorms(net) else None
-    # Only a net with BatchNorm copies has statistics to re-estimate (not a baseline, nor shared norms).
-    recalibration = (calibration_loader(data, transforms.eval, config, "recalibrate_skip_norms")
-                     if not pattern and skip_norm_batchnorms(net) else None)
+    # Only a net with BatchNorm copies has their statistics to re-estimate (not a baseline, nor shared norms).
+    copies = not pattern and bool(skip_norm_batchnorms(net))
+    calibration = calibration_loader(data, transforms.eval, config) if copies else None
+    recalibration = calibration_loader(data, transforms.eval, config, "recalibrate_skip_norms") if copies else None
     statistics = (calibration_loader(data, transforms.train, config, "pattern_statistics")
                   if batchnorms(trained) else None)
     classes = head_size(net) or data.num_classes or 0
