@@ -320,6 +320,21 @@ def test_the_transformer_settings_train_every_end_with_their_recipes(claims, mon
     assert "opt: adamw" in config and "model_ema: false" in config and "mixup: 0.0" in config
 
 
+def test_vit12_quick_groups_twelve_blocks_as_the_paper_does_and_its_base_net_is_vit_quicks_super_net(claims):
+    """The paper's ViT grouping: 4 groups of 3 blocks, the last of each skippable; the base-net keeps 8 blocks."""
+    import adnify
+
+    net = adnify.convert(claims.SETTINGS["vit12-quick"]["model"]["name"],
+                         **claims.SETTINGS["vit12-quick"]["model"]["convert"])
+    assert [(len(s.mandatory), len(s.skippable)) for s in net.plan.stages] == [(2, 1)] * 4
+    assert [s.skippable for s in net.plan.stages] == [["blocks.2"], ["blocks.5"], ["blocks.8"], ["blocks.11"]]
+    vit_quick = claims.SETTINGS["vit-quick"]["model"]
+    small = adnify.convert(vit_quick["name"], **vit_quick["convert"])
+    base = net.export("TTTT")
+    assert sum(p.numel() for p in base.parameters()) == sum(p.numel() for p in small.export("FFFF").parameters())
+    assert claims.SETTINGS["vit12-quick"]["overrides"] == claims.SETTINGS["vit-quick"]["overrides"]
+
+
 def test_vit_finetune_pretrains_once_then_fine_tunes_every_variant_from_it(claims, monkeypatch, tmp_path):
     import torch
 
