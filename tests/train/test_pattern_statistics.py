@@ -88,6 +88,26 @@ def test_a_layer_keeps_one_set_per_prefix_of_the_stages_before_it():
     assert stats.info == {"images": 32, "patterns": 16}
 
 
+def same_sets(a: PatternStatistics, b: PatternStatistics) -> bool:
+    return a.sets.keys() == b.sets.keys() and all(
+        a.sets[n].keys() == b.sets[n].keys() and all(torch.equal(x, y) for p in a.sets[n]
+                                                     for x, y in zip(a.sets[n][p], b.sets[n][p])) for n in a.sets)
+
+
+@pytest.mark.parametrize("shared_norms", [False, True], ids=["skip-aware-norms", "shared-norms"])
+def test_a_model_the_prefix_tree_cannot_cut_gets_the_same_statistics_one_pass_per_pattern(shared_norms):
+    """Estimation runs all patterns of a batch as a prefix tree; where the tree is unavailable (here a user's
+    hook on a whole stage, which a traced graph would skip) it runs each pattern in turn, to the same numbers."""
+    by_tree = estimate_pattern_statistics(tiny(shared_norms), batches(), max_images=32)
+    hooked = tiny(shared_norms)
+    calls = []
+    hooked.model.layer2.register_forward_hook(lambda *a: calls.append(1))
+    labels: list[str] = []
+    by_pattern = estimate_pattern_statistics(hooked, batches(), max_images=32, on_pattern=labels.append)
+    assert calls and labels[0] == "FFFF" and len(labels) >= 8  # it ran pattern by pattern, hook and all
+    assert same_sets(by_tree, by_pattern) and by_pattern.info == by_tree.info
+
+
 def test_training_mode_and_state_dict_hold_the_shared_statistics():
     net = tiny()
     shared = {k: v.clone() for k, v in net.state_dict().items()}
