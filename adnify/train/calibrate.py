@@ -8,7 +8,7 @@ lever of label-free fine-tuning (docs/finetune.md). The super-net never runs a c
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -70,24 +70,35 @@ def reestimate_batchnorms(net: nn.Module, norms: Sequence[nn.modules.batchnorm._
             m.momentum = None  # cumulative moving average: every batch weighs the same
             m.train()
         with torch.no_grad():
-            for i, (images, labels) in enumerate(batches):
-                images = images[labels != BROKEN][: max_images - seen].to(device)
-                if images.shape[0] < 2:
-                    continue
+            for i, images in _usable(batches, max_images=max_images, device=device, on_batch=on_batch):
                 if patterns is None:  # a plain module: a network trained alone
                     net(images)
                 else:
                     net(images, skip=patterns[i % len(patterns)])
                 seen += images.shape[0]
-                if on_batch is not None:
-                    on_batch(images.shape[0])
-                if seen >= max_images:
-                    break
     finally:
         for m, momentum in zip(norms, momenta):
             m.momentum = momentum
         net.train(was_training)
     return seen
+
+
+def _usable(batches: Iterable[Any], *, max_images: int, device: torch.device | str,
+            on_batch: Any) -> Iterator[tuple[int, torch.Tensor]]:
+    """``(index, images)`` of each batch, undecodable rows left out, up to ``max_images`` in all; a batch of
+    fewer than 2 images is skipped (BatchNorm cannot take statistics of one value per channel).
+    ``on_batch(n)`` is called once the caller has used a batch of n images."""
+    seen = 0
+    for i, (images, labels) in enumerate(batches):
+        images = images[labels != BROKEN][: max_images - seen].to(device)
+        if images.shape[0] < 2:
+            continue
+        yield i, images
+        seen += images.shape[0]
+        if on_batch is not None:
+            on_batch(images.shape[0])
+        if seen >= max_images:
+            return
 
 
 def estimate_pattern_statistics(net: AdaptiveNet, batches: Iterable[Any], *, max_images: int,
@@ -176,17 +187,10 @@ def _sets_by_tree(net: AdaptiveNet, norms: dict[str, nn.modules.batchnorm._Batch
         handles = [norm.register_forward_pre_hook(swap_in(n)) for n, norm in norms.items()]
         flags = [parse_pattern(p, net.num_stages) for p in patterns]
         with torch.no_grad():
-            for images, labels in batches:
-                images = images[labels != BROKEN][: max_images - seen].to(device)
-                if images.shape[0] < 2:
-                    continue
+            for _, images in _usable(batches, max_images=max_images, device=device, on_batch=on_batch):
                 seen_now.clear()
                 tree.run(images, flags)
                 seen += images.shape[0]
-                if on_batch is not None:
-                    on_batch(images.shape[0])
-                if seen >= max_images:
-                    break
     finally:
         for handle in handles:
             handle.remove()
