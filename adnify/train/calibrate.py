@@ -111,7 +111,8 @@ def estimate_pattern_statistics(net: AdaptiveNet, batches: Iterable[Any], *, max
     A layer's set is estimated once per prefix of skip flags it depends on (see :mod:`adnify.statistics`),
     with every layer in training mode as in a precise re-estimate of that pattern alone. All patterns
     run on each batch as a prefix tree, sharing the stages their prefixes share; a model the tree cannot
-    cut runs one pass per pattern (``batches`` re-iterated), each set from the first pattern that runs it. Nothing about ``net`` changes; attach the result with
+    cut runs one pass per pattern (``batches`` re-iterated), each set from the first pattern that runs
+    it, to the same numbers. Nothing about ``net`` changes; attach the result with
     :meth:`~adnify.adaptive.AdaptiveNet.set_pattern_statistics`. Use the transforms the weights were
     trained with: on lite0, statistics of evaluation-transformed images scored lower on every network.
 
@@ -149,7 +150,7 @@ def _sets_by_tree(net: AdaptiveNet, norms: dict[str, nn.modules.batchnorm._Batch
                   patterns: Sequence[str], batches: Iterable[Any], *, max_images: int, device: torch.device | str,
                   on_batch: Any) -> tuple[Sets, int]:
     """Every pattern of each batch at once, as a prefix tree (:class:`~adnify.report.pattern_tree.PatternTree`):
-    patterns that share a prefix share its stages' work, about 3x less than a pass per pattern on Lite0.
+    patterns that share a prefix share its stages' work (4.5x faster than a pass per pattern on Lite0).
 
     Each (layer, prefix) keeps its own running buffers, swapped in by a pre-hook when the layer runs; a layer
     that runs again for the same prefix in one batch (a shared norm on both sides of its own stage) updates a
