@@ -8,6 +8,7 @@ lever of label-free fine-tuning (docs/finetune.md). The super-net never runs a c
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Iterable, Iterator, Sequence
 
 import torch
@@ -132,7 +133,9 @@ def estimate_pattern_statistics(net: AdaptiveNet, batches: Iterable[Any], *, max
         try:
             sets, counted = _sets_by_tree(net, norms, levels, patterns, batches, max_images=max_images,
                                           device=device, on_batch=on_batch)
-        except (TreeUnavailable, StageInputChanged):
+        except (TreeUnavailable, StageInputChanged) as why:
+            warnings.warn(f"{type(net.model).__name__}: BatchNorm statistics are estimated one pattern at a time "
+                          f"(slower), not as a pattern tree, because {why}", RuntimeWarning, stacklevel=2)
             sets, counted = _sets_by_pattern(net, norms, levels, patterns, batches, max_images=max_images,
                                              device=device, on_pattern=on_pattern, on_batch=on_batch)
         if counted == 0:
