@@ -82,7 +82,7 @@ def open_model(
         net.source = {**net.source, "kwargs": {**net.source.get("kwargs", {}), "num_classes": wanted}}
     if config["shared_norms"] and not net.shared_norms:
         net = with_shared_norms(net)
-        notes.append("shared norms: no skip-aware norm copies (ablation)")
+        notes.append("shared norms: both passes use the same norm layers (the recipe's shared_norms)")
     return net, notes
 
 
