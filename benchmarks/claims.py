@@ -128,8 +128,8 @@ SETTINGS.update({
                          overrides=dict(epochs=6, batch_size=128, input_size=(3, 32, 32), scale=(0.5, 1.0), amp=False,
                                         workers=2, log_interval=50, lr_base=5e-4, lr_base_size=512),
                          pretrain=dict(data="tiny-imagenet", label_column="label", recipe="deit",
-                                       overrides=dict(_TRANSFORMER_QUICK, epochs=8, epoch_images=20000, eval_images=2000,
-                                                      lr_base=2e-3, lr_base_size=512),
+                                       overrides=dict(_TRANSFORMER_QUICK, epochs=16, epoch_images=20000, eval_images=2000,
+                                                      lr_base=4e-3, lr_base_size=512),
                                        convert=dict(VIT_QUICK["convert"], num_classes=202)),
                          train_images=10000, test_images=10000, seeds=(0,), stages=4, pretrained=True),
 })
