@@ -9,6 +9,7 @@ lever of label-free fine-tuning (docs/finetune.md). The super-net never runs a c
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
 from typing import Any, Iterable, Iterator, Sequence
 
 import torch
@@ -61,27 +62,36 @@ def reestimate_batchnorms(net: nn.Module, norms: Sequence[nn.modules.batchnorm._
     run under ``patterns`` in turn, or (``patterns=None``) any module, run as it is."""
     if not norms or max_images <= 0:
         return 0
+    seen = 0
+    with _accumulating(net, norms), torch.no_grad():
+        for m in norms:
+            m.reset_running_stats()
+        for i, images in _usable(batches, max_images=max_images, device=device, on_batch=on_batch):
+            if patterns is None:  # a plain module: a network trained alone
+                net(images)
+            else:
+                net(images, skip=patterns[i % len(patterns)])
+            seen += images.shape[0]
+    return seen
+
+
+@contextmanager
+def _accumulating(net: nn.Module, norms: Iterable[nn.modules.batchnorm._BatchNorm]) -> Iterator[None]:
+    """``norms`` in training mode with a cumulative average, the rest of ``net`` in evaluation mode; the
+    momenta and ``net``'s mode are put back afterwards."""
+    norms = list(norms)
     was_training = net.training
     momenta = [m.momentum for m in norms]
-    seen = 0
     try:
         net.eval()
         for m in norms:
-            m.reset_running_stats()
             m.momentum = None  # cumulative moving average: every batch weighs the same
             m.train()
-        with torch.no_grad():
-            for i, images in _usable(batches, max_images=max_images, device=device, on_batch=on_batch):
-                if patterns is None:  # a plain module: a network trained alone
-                    net(images)
-                else:
-                    net(images, skip=patterns[i % len(patterns)])
-                seen += images.shape[0]
+        yield
     finally:
         for m, momentum in zip(norms, momenta):
             m.momentum = momentum
         net.train(was_training)
-    return seen
 
 
 def _usable(batches: Iterable[Any], *, max_images: int, device: torch.device | str,
@@ -160,9 +170,7 @@ def _sets_by_tree(net: AdaptiveNet, norms: dict[str, nn.modules.batchnorm._Batch
     that runs again for the same prefix in one batch (a shared norm on both sides of its own stage) updates a
     scratch copy, so that every batch counts once, as in a pass per pattern. Raises :class:`TreeUnavailable`
     (or :class:`StageInputChanged` on the first batch) where the model cannot be cut at its stages."""
-    was_training = net.training
     saved = {n: dict(norm._buffers) for n, norm in norms.items()}
-    momenta = {n: norm.momentum for n, norm in norms.items()}
     running: dict[tuple[str, tuple[bool, ...]], dict[str, torch.Tensor]] = {}
     scratch = {n: {k: saved[n][k].clone() for k in _RUNNING} for n in norms}
     seen_now: set[tuple[str, tuple[bool, ...]]] = set()
@@ -175,7 +183,7 @@ def _sets_by_tree(net: AdaptiveNet, norms: dict[str, nn.modules.batchnorm._Batch
                 return
             seen_now.add(key)
             if key not in running:
-                module._buffers.update({k: saved[name][k].clone() for k in _RUNNING})
+                module._buffers.update({k: torch.empty_like(saved[name][k]) for k in _RUNNING})
                 module.reset_running_stats()
                 running[key] = {k: module._buffers[k] for k in _RUNNING}
             module._buffers.update(running[key])
@@ -184,25 +192,20 @@ def _sets_by_tree(net: AdaptiveNet, norms: dict[str, nn.modules.batchnorm._Batch
     handles = []
     seen = 0
     try:
-        net.eval()
-        for norm in norms.values():
-            norm.momentum = None  # cumulative moving average: every batch weighs the same
-            norm.train()
-        tree = PatternTree.build(net)
-        handles = [norm.register_forward_pre_hook(swap_in(n)) for n, norm in norms.items()]
-        flags = [parse_pattern(p, net.num_stages) for p in patterns]
-        with torch.no_grad():
-            for _, images in _usable(batches, max_images=max_images, device=device, on_batch=on_batch):
-                seen_now.clear()
-                tree.run(images, flags)
-                seen += images.shape[0]
+        with _accumulating(net, norms.values()):
+            tree = PatternTree.build(net)
+            handles = [norm.register_forward_pre_hook(swap_in(n)) for n, norm in norms.items()]
+            flags = [parse_pattern(p, net.num_stages) for p in patterns]
+            with torch.no_grad():
+                for _, images in _usable(batches, max_images=max_images, device=device, on_batch=on_batch):
+                    seen_now.clear()
+                    tree.run(images, flags)
+                    seen += images.shape[0]
     finally:
         for handle in handles:
             handle.remove()
         for n, norm in norms.items():
             norm._buffers.update(saved[n])
-            norm.momentum = momenta[n]
-        net.train(was_training)
     sets: Sets = {n: {} for n in levels}
     for (name, flags), buffers in running.items():
         sets[name][format_pattern(flags)] = (buffers["running_mean"], buffers["running_var"])
