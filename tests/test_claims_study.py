@@ -335,6 +335,27 @@ def test_vit12_quick_groups_twelve_blocks_as_the_paper_does_and_its_base_net_is_
     assert claims.SETTINGS["vit12-quick"]["overrides"] == claims.SETTINGS["vit-quick"]["overrides"]
 
 
+def test_vit12_finetune_is_vit_finetune_at_the_papers_grouping_and_never_reuses_its_pretraining(
+        claims, monkeypatch, tmp_path, capsys):
+    """What `adnify convert` does to a pretrained DeiT: 12 blocks in groups of 3, pretrained and fine-tuned so."""
+    deep, shallow = claims.SETTINGS["vit12-finetune"], claims.SETTINGS["vit-finetune"]
+    assert deep["model"] == claims.SETTINGS["vit12-quick"]["model"]
+    assert deep["pretrain"]["convert"] == {**deep["model"]["convert"], "num_classes": 202}
+    same = ("data", "recipe", "overrides", "train_images", "test_images", "stages")
+    assert {k: deep[k] for k in same} == {k: shallow[k] for k in same}
+    assert deep["pretrain"]["overrides"] == shallow["pretrain"]["overrides"]
+    # A folder holding vit-finetune's 8-block pretraining is refused, not fine-tuned at the wrong depth.
+    (tmp_path / "cifar10").mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    record = {"model": shallow["model"]["name"], **shallow["pretrain"]}
+    (out / "pretrain.json").write_text(json.dumps(record, default=list))
+    monkeypatch.setattr(claims, "prepare_data", lambda *a: str(tmp_path / "cifar10"))
+    with pytest.raises(SystemExit) as e:
+        run(claims, monkeypatch, "--setting", "vit12-finetune", "-o", str(out), "--data-root", str(tmp_path))
+    assert e.value.code == 2 and "pretrained with other settings" in capsys.readouterr().err
+
+
 def test_vit_finetune_pretrains_once_then_fine_tunes_every_variant_from_it(claims, monkeypatch, tmp_path):
     import torch
 
