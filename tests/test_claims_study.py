@@ -283,14 +283,22 @@ def test_a_swin_input_size_its_window_does_not_fit_is_one_line(claims, monkeypat
     assert len(err.splitlines()) == 1 and "24 px" in err and "window of 4" in err and "input_size=[3,32,32]" in err
 
 
-def test_a_cached_pretraining_made_with_other_settings_is_not_reused(claims, monkeypatch, tmp_path, capsys):
+@pytest.mark.parametrize("setting, cached_from", [
+    ("vit-finetune", None),  # a record of another schedule
+    ("vit12-finetune", "vit-finetune"),  # the 8-block pretraining is not fine-tuned at the 12-block depth
+])
+def test_a_cached_pretraining_made_with_other_settings_is_not_reused(claims, monkeypatch, tmp_path, capsys, setting,
+                                                                     cached_from):
     (tmp_path / "cifar10").mkdir()
     out = tmp_path / "out"
     out.mkdir()
-    (out / "pretrain.json").write_text(json.dumps({"model": "vit_tiny_patch16_224", "epochs": 1}))
+    other = claims.SETTINGS[cached_from] if cached_from else None
+    record = ({"model": other["model"]["name"], **other["pretrain"]} if other else
+              {"model": "vit_tiny_patch16_224", "epochs": 1})
+    (out / "pretrain.json").write_text(json.dumps(record, default=list))
     monkeypatch.setattr(claims, "prepare_data", lambda *a: str(tmp_path / "cifar10"))
     with pytest.raises(SystemExit) as e:
-        run(claims, monkeypatch, "--setting", "vit-finetune", "-o", str(out), "--data-root", str(tmp_path))
+        run(claims, monkeypatch, "--setting", setting, "-o", str(out), "--data-root", str(tmp_path))
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "pretrained with other settings" in err and "pretrain.json" in err
@@ -335,8 +343,7 @@ def test_vit12_quick_groups_twelve_blocks_as_the_paper_does_and_its_base_net_is_
     assert claims.SETTINGS["vit12-quick"]["overrides"] == claims.SETTINGS["vit-quick"]["overrides"]
 
 
-def test_vit12_finetune_is_vit_finetune_at_the_papers_grouping_and_never_reuses_its_pretraining(
-        claims, monkeypatch, tmp_path, capsys):
+def test_vit12_finetune_is_vit_finetune_at_the_papers_grouping(claims):
     """What `adnify convert` does to a pretrained DeiT: 12 blocks in groups of 3, pretrained and fine-tuned so."""
     deep, shallow = claims.SETTINGS["vit12-finetune"], claims.SETTINGS["vit-finetune"]
     assert deep["model"] == claims.SETTINGS["vit12-quick"]["model"]
@@ -344,16 +351,6 @@ def test_vit12_finetune_is_vit_finetune_at_the_papers_grouping_and_never_reuses_
     same = ("data", "recipe", "overrides", "train_images", "test_images", "stages")
     assert {k: deep[k] for k in same} == {k: shallow[k] for k in same}
     assert deep["pretrain"]["overrides"] == shallow["pretrain"]["overrides"]
-    # A folder holding vit-finetune's 8-block pretraining is refused, not fine-tuned at the wrong depth.
-    (tmp_path / "cifar10").mkdir()
-    out = tmp_path / "out"
-    out.mkdir()
-    record = {"model": shallow["model"]["name"], **shallow["pretrain"]}
-    (out / "pretrain.json").write_text(json.dumps(record, default=list))
-    monkeypatch.setattr(claims, "prepare_data", lambda *a: str(tmp_path / "cifar10"))
-    with pytest.raises(SystemExit) as e:
-        run(claims, monkeypatch, "--setting", "vit12-finetune", "-o", str(out), "--data-root", str(tmp_path))
-    assert e.value.code == 2 and "pretrained with other settings" in capsys.readouterr().err
 
 
 def test_vit_finetune_pretrains_once_then_fine_tunes_every_variant_from_it(claims, monkeypatch, tmp_path):
