@@ -92,13 +92,17 @@ def _columns(rows: list[Row], beaten: dict[str, tuple[str, float]]) -> list[tupl
     return cols
 
 
-def _footnote(rows: list[Row], beaten: dict[str, tuple[str, float]]) -> str:
+def _footnote(rows: list[Row], beaten: dict[str, tuple[str, float]], context: dict | None) -> str:
     score = default_score(rows)
     what = "deeper" if score == "depth" else f"higher {_SCORE_LABELS[score]}"
+    # A margin of one or two images on a small evaluation set is chance, not a sub-network left behind.
+    examples = (context or {}).get("examples")
+    grain = (f"On {examples:,} images one image is {100 / examples:.2f} points. "
+             if beaten and isinstance(examples, int) and examples > 0 else "")
     return (f"* Pareto-optimal: no other sub-network has fewer GMACs and {what}. "
             + (f"{len(beaten)} of {len(rows)} sub-networks are beaten by a cheaper one (column 'Beaten by'). "
                if beaten else "")
-            + "GMACs = multiply-accumulates (timm's 'GFLOPs').")
+            + grain + "GMACs = multiply-accumulates (timm's 'GFLOPs').")
 
 
 def _context_line(context: dict | None) -> str:
@@ -110,7 +114,7 @@ def render_table(rows: list[Row], *, title: str, context: dict | None = None) ->
     score = default_score(rows)
     front, beaten = pareto_front(rows, score=score), beaten_by(rows, score=score)
     cols = _columns(rows, beaten)
-    caption = "\n".join(filter(None, [_context_line(context), _footnote(rows, beaten)]))
+    caption = "\n".join(filter(None, [_context_line(context), _footnote(rows, beaten, context)]))
     table = Table(title=title, caption=caption, caption_justify="left")
     table.add_column("", width=1)
     for i, (header, _) in enumerate(cols):
@@ -173,7 +177,7 @@ def to_markdown(rows: list[Row], *, context: dict | None) -> str:
     lines.append("|---|" + "|".join("---" if i == 0 else "---:" for i in range(len(cols))) + "|")
     for r in _sorted(rows):
         lines.append(f"| {'*' if r['pattern'] in front else ''} | " + " | ".join(fmt(r) for _, fmt in cols) + " |")
-    lines += ["", _footnote(rows, beaten), ""]
+    lines += ["", _footnote(rows, beaten, context), ""]
     return "\n".join(lines)
 
 

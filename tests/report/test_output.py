@@ -88,6 +88,16 @@ class TestTable:
             r["acc1"] = 80.0 - r["skipped_blocks"]  # deeper is better everywhere: nothing is beaten
         assert "Beaten by" not in text_of(ro.render_table(rows, title="t", context=None))
 
+    def test_a_beaten_sub_network_is_told_what_one_image_is_worth(self, rows):
+        # On 180 images a one-point lead is under two images: the footnote says so, table and Markdown alike.
+        for render in (lambda c: text_of(ro.render_table(rows, title="t", context=c)),
+                       lambda c: ro.to_markdown(rows, context=c)):
+            assert "On 180 images one image is 0.56 points." in " ".join(render({"examples": 180}).split())
+            assert "one image is" not in render(None)
+        for r in rows:
+            r["acc1"] = 80.0 - r["skipped_blocks"]  # nothing beaten: nothing to weigh
+        assert "one image is" not in ro.to_markdown(rows, context={"examples": 180})
+
     def test_only_measured_columns(self, rows):
         for r in rows:
             r.update(latency_ms=None, latency_iqr_ms=None, acc1=None, agreement=99.0)
