@@ -105,10 +105,10 @@ _TRANSFORMER_QUICK = dict(epochs=6, batch_size=128, warmup_epochs=1, cooldown_ep
 # A ViT shaped as the paper's (4 stages of 2 blocks, the last of each skippable), sized for 2 CPU cores.
 VIT_QUICK = dict(name="vit_tiny_patch16_224", convert=dict(img_size=32, patch_size=4, embed_dim=96, depth=8,
                                                            num_heads=3, num_classes=10, groups=4))
-# Swin-T's stages (2, 2, 6, 2), split (1, 1, 3, 1) as the official code does, at 32 px.
 # The paper's own grouping (and the official code's): 12 blocks in 4 groups of 3, the last of each skippable, so
 # the base-net keeps two thirds of the blocks (vit-quick's keeps half). Its base-net has vit-quick's super-net's shape.
 VIT12_QUICK = dict(name="vit_tiny_patch16_224", convert=dict(VIT_QUICK["convert"], depth=12))
+# Swin-T's stages (2, 2, 6, 2), split (1, 1, 3, 1) as the official code does, at 32 px.
 SWIN_QUICK = dict(name="swin_tiny_patch4_window7_224",
                   convert=dict(img_size=32, patch_size=2, window_size=4, embed_dim=48, depths=(2, 2, 6, 2),
                                num_heads=(3, 6, 12, 24), num_classes=10, split=(1, 1, 3, 1)))
@@ -138,6 +138,13 @@ SETTINGS.update({
 SETTINGS["vit12-finetune"] = dict(
     SETTINGS["vit-finetune"], model=VIT12_QUICK,
     pretrain=dict(SETTINGS["vit-finetune"]["pretrain"], convert=dict(VIT12_QUICK["convert"], num_classes=202)))
+# The Swin twin: swin-quick's network pretrained the same way at swin-quick's own rate (the from-scratch search's
+# super-net peak), then fine-tuned exactly as vit-finetune: the recipe covers both families.
+SETTINGS["swin-finetune"] = dict(
+    SETTINGS["vit-finetune"], model=SWIN_QUICK,
+    pretrain=dict(SETTINGS["vit-finetune"]["pretrain"], recipe="swin",
+                  overrides=dict(SETTINGS["vit-finetune"]["pretrain"]["overrides"], lr_base=4e-3, lr_base_size=1024),
+                  convert=dict(SWIN_QUICK["convert"], num_classes=202)))
 
 
 def fail(message: str) -> None:

@@ -286,6 +286,7 @@ def test_a_swin_input_size_its_window_does_not_fit_is_one_line(claims, monkeypat
 @pytest.mark.parametrize("setting, cached_from", [
     ("vit-finetune", None),  # a record of another schedule
     ("vit12-finetune", "vit-finetune"),  # the 8-block pretraining is not fine-tuned at the 12-block depth
+    ("swin-finetune", "vit-finetune"),  # nor a ViT's pretraining fine-tuned as a Swin
 ])
 def test_a_cached_pretraining_made_with_other_settings_is_not_reused(claims, monkeypatch, tmp_path, capsys, setting,
                                                                      cached_from):
@@ -353,18 +354,32 @@ def test_vit12_finetune_is_vit_finetune_at_the_papers_grouping(claims):
     assert deep["pretrain"]["overrides"] == shallow["pretrain"]["overrides"]
 
 
-def test_vit_finetune_pretrains_once_then_fine_tunes_every_variant_from_it(claims, monkeypatch, tmp_path):
+def test_swin_finetune_is_vit_finetune_with_swin_quicks_network_pretrained_by_the_swin_recipe(claims):
+    """The Swin twin of vit-finetune: the same fine-tune (recipe, schedule, images), swin-quick's network."""
+    swin, vit = claims.SETTINGS["swin-finetune"], claims.SETTINGS["vit-finetune"]
+    assert swin["model"] == claims.SETTINGS["swin-quick"]["model"] and swin["recipe"] == "finetune-vit"
+    same = ("data", "recipe", "overrides", "train_images", "test_images", "stages")
+    assert {k: swin[k] for k in same} == {k: vit[k] for k in same}
+    pre = swin["pretrain"]
+    assert pre["recipe"] == "swin" and pre["convert"] == {**swin["model"]["convert"], "num_classes": 202}
+    quick_rate = {k: claims.SETTINGS["swin-quick"]["overrides"][k] for k in ("lr_base", "lr_base_size")}
+    assert pre["overrides"] == {**vit["pretrain"]["overrides"], **quick_rate}
+
+
+@pytest.mark.parametrize("setting", ["vit-finetune", "swin-finetune"])
+def test_a_finetune_setting_pretrains_once_then_fine_tunes_every_variant_from_it(claims, monkeypatch, tmp_path,
+                                                                                 setting):
     import torch
 
     tiny_cifar(tmp_path / "data", n=24)
     tiny_cifar(tmp_path / "data", n=24, name="tiny-imagenet", classes=202, side=64, splits=("train", "validation"))
-    fine = claims.SETTINGS["vit-finetune"]
+    fine = claims.SETTINGS[setting]
     shrink = {"epochs": 1, "batch_size": 8, "workers": 0, "warmup_epochs": 0, "epoch_images": 8, "log_interval": 1}
-    monkeypatch.setitem(claims.SETTINGS, "vit-finetune", {
+    monkeypatch.setitem(claims.SETTINGS, setting, {
         **fine, "train_images": 16, "test_images": 8, "overrides": {**fine["overrides"], **shrink},
         "pretrain": {**fine["pretrain"], "overrides": {**fine["pretrain"]["overrides"], **shrink, "eval_images": 8}}})
     out = tmp_path / "out"
-    args = ("--setting", "vit-finetune", "-o", str(out), "--data-root", str(tmp_path / "data"))
+    args = ("--setting", setting, "-o", str(out), "--data-root", str(tmp_path / "data"))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
