@@ -75,7 +75,7 @@ def run_demo(output: str | os.PathLike, *, epochs: int = 1, image_size: int = 48
     data = load_image_data(DATA, seed=overrides.get("seed", 42))  # the validation split training held out
     rows, context = build_report(net, "all", metrics=("params", "macs", "acc"), data=data, input_size=size,
                                  device="auto", progress=progress)
-    context = {"data": f"{DATA} validation ({context.get('examples')} images)", "input": f"{image_size}px",
+    context = {"data": f"{DATA} validation", "examples": context.get("examples"), "input": f"{image_size}px",
                "run": str(Path(result.run_dir))}
     console.print(render_table(rows, title=f"{net.num_stages} adaptive stages, {len(rows)} sub-networks "
                                            f"(F = run, T = skip a stage's skippable blocks)", context=context))
