@@ -133,18 +133,22 @@ SETTINGS.update({
                                        convert=dict(VIT_QUICK["convert"], num_classes=202)),
                          train_images=10000, test_images=10000, seeds=(0,), stages=4, pretrained=True),
 })
-# vit-finetune at the paper's grouping (12 blocks in 4 groups of 3): what `adnify convert` does to a DeiT. Its
-# pretraining is vit-finetune's with the deeper model; everything else is unchanged.
-SETTINGS["vit12-finetune"] = dict(
-    SETTINGS["vit-finetune"], model=VIT12_QUICK,
-    pretrain=dict(SETTINGS["vit-finetune"]["pretrain"], convert=dict(VIT12_QUICK["convert"], num_classes=202)))
-# The Swin twin: swin-quick's network pretrained the same way at swin-quick's own rate (the from-scratch search's
-# super-net peak), then fine-tuned exactly as vit-finetune: the recipe covers both families.
-SETTINGS["swin-finetune"] = dict(
-    SETTINGS["vit-finetune"], model=SWIN_QUICK,
-    pretrain=dict(SETTINGS["vit-finetune"]["pretrain"], recipe="swin",
-                  overrides=dict(SETTINGS["vit-finetune"]["pretrain"]["overrides"], lr_base=4e-3, lr_base_size=1024),
-                  convert=dict(SWIN_QUICK["convert"], num_classes=202)))
+
+
+def _finetune_twin(model: dict[str, Any], **pretrain: Any) -> dict[str, Any]:
+    """vit-finetune with another network: pretrained as vit-finetune's network is (with ``pretrain``'s
+    changes) at its 202 Tiny-ImageNet classes, then fine-tuned exactly as vit-finetune."""
+    fine = SETTINGS["vit-finetune"]
+    return dict(fine, model=model,
+                pretrain=dict(fine["pretrain"], **pretrain, convert=dict(model["convert"], num_classes=202)))
+
+
+# vit-finetune at the paper's grouping (12 blocks in 4 groups of 3): what `adnify convert` does to a DeiT.
+SETTINGS["vit12-finetune"] = _finetune_twin(VIT12_QUICK)
+# The Swin twin, pretrained by the swin recipe at swin-quick's rate (the from-scratch search's super-net peak).
+SETTINGS["swin-finetune"] = _finetune_twin(
+    SWIN_QUICK, recipe="swin",
+    overrides=dict(SETTINGS["vit-finetune"]["pretrain"]["overrides"], lr_base=4e-3, lr_base_size=1024))
 
 
 def fail(message: str) -> None:
