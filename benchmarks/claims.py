@@ -135,21 +135,20 @@ SETTINGS.update({
 })
 
 
-def _finetune_twin(model: dict[str, Any], **pretrain: Any) -> dict[str, Any]:
-    """vit-finetune with another network: pretrained as vit-finetune's network is (with ``pretrain``'s
-    changes) at its 202 Tiny-ImageNet classes, then fine-tuned exactly as vit-finetune."""
-    fine = SETTINGS["vit-finetune"]
-    return dict(fine, model=model,
-                pretrain=dict(fine["pretrain"], **pretrain, convert=dict(model["convert"], num_classes=202)))
+def _finetune_twin(model: dict[str, Any], recipe: str | None = None, **pretrain_overrides: Any) -> dict[str, Any]:
+    """vit-finetune with another network: pretrained as vit-finetune's network is (by ``recipe`` and with
+    ``pretrain_overrides`` where given) at its 202 Tiny-ImageNet classes, then fine-tuned exactly as vit-finetune."""
+    fine, pre = SETTINGS["vit-finetune"], SETTINGS["vit-finetune"]["pretrain"]
+    return dict(fine, model=model, pretrain=dict(pre, recipe=recipe or pre["recipe"],
+                                                 overrides=dict(pre["overrides"], **pretrain_overrides),
+                                                 convert=dict(model["convert"], num_classes=202)))
 
 
 # vit-finetune at the paper's grouping (12 blocks in 4 groups of 3): what `adnify convert` does to a DeiT.
 SETTINGS["vit12-finetune"] = _finetune_twin(VIT12_QUICK)
 # The Swin twin, pretrained by the swin recipe at swin-quick's rate (the from-scratch search's super-net peak).
 SETTINGS["swin-finetune"] = _finetune_twin(
-    SWIN_QUICK, recipe="swin",
-    overrides=dict(SETTINGS["vit-finetune"]["pretrain"]["overrides"], lr_base=4e-3, lr_base_size=1024))
-
+    SWIN_QUICK, recipe="swin", **{k: SETTINGS["swin-quick"]["overrides"][k] for k in ("lr_base", "lr_base_size")})
 
 def fail(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
