@@ -150,6 +150,7 @@ SETTINGS["vit12-finetune"] = _finetune_twin(VIT12_QUICK)
 SETTINGS["swin-finetune"] = _finetune_twin(
     SWIN_QUICK, recipe="swin", **{k: SETTINGS["swin-quick"]["overrides"][k] for k in ("lr_base", "lr_base_size")})
 
+
 def fail(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)

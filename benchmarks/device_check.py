@@ -724,9 +724,10 @@ def section_onnx(profile: Profile, models: list[str], budget: Budget, install_lo
     net, size = build_net(profile, ONE_MODEL)
     net = net.eval()
     patterns = [format_pattern(parse_pattern(p, net.num_stages)) for p in profile.onnx_patterns]
-    # build_net converts with adnify.convert's defaults: skip-aware norm copies, no per-pattern statistics.
+    # measure records how the net was built: its norms as converted, and no per-pattern statistics estimated here.
     options = argparse.Namespace(model=ONE_MODEL, batch_size=1, threads=max(1, len(os.sched_getaffinity(0)) // 2),
-                                 warmup=3, repeats=profile.onnx_repeats, shared_norms=False, pattern_statistics=0)
+                                 warmup=3, repeats=profile.onnx_repeats, shared_norms=net.shared_norms,
+                                 pattern_statistics=0)
     log(f"onnx: exporting {len(patterns)} static files and the dynamic one, providers {providers[0]}")
     with tempfile.TemporaryDirectory(prefix="adnify-onnx-") as tmp:
         result = measure(net, patterns, Path(tmp), size, options, providers=providers)
